@@ -1,0 +1,60 @@
+"""mdnkit: mixture density networks that are correct, fast and pleasant to use.
+
+The core is a batch of Gaussian mixtures (:class:`GaussianMixture`), the layer that produces one
+from any network's features (:class:`MDNHead`) and the loss (:func:`mdn_loss`).  On top of it:
+ready models (:class:`MDN`, :class:`MDNRNN`), a training loop (:func:`fit`), a scikit-learn
+estimator (:class:`MDNRegressor`), model files (:func:`save`, :func:`load`), metrics, plots, a
+Keras 3 front (``from mdnkit import keras as mdn``) and the ``mdnkit`` command.
+
+Everything but the core is imported on first use, so ``import mdnkit`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .head import MDNHead
+from .loss import mdn_loss
+from .mixture import GaussianMixture
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily)
+_LAZY = {
+    "MDN": "models",
+    "fit": "training",
+    "History": "training",
+    "MDNRegressor": "estimator",
+    "save": "io",
+    "load": "io",
+    "MDNRNN": "sequence",
+}
+_SUBMODULES = (
+    "metrics",
+    "plotting",
+    "datasets",
+    "keras",
+    "models",
+    "training",
+    "estimator",
+    "io",
+    "sequence",
+    "cli",
+)
+
+__all__ = ["GaussianMixture", "MDNHead", "mdn_loss", "__version__", *_LAZY, *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'mdnkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,676 @@
+"""A batch of Gaussian mixtures, as a ``torch.distributions.Distribution``.
+
+For every element of a batch (any number of leading dimensions) the distribution is
+
+.. math::
+
+    p(y) = \\sum_{k=1}^{K} \\pi_k \\, \\mathcal{N}(y \\mid \\mu_k, \\Sigma_k),
+    \\qquad \\pi = \\operatorname{softmax}(\\text{logits}),
+
+over :math:`y \\in \\mathbb{R}^D`.  Three covariance types are supported:
+
+* ``"diagonal"``: ``scale`` of shape ``(..., K, D)``, :math:`\\Sigma_k = \\operatorname{diag}(\\sigma_k^2)`;
+* ``"spherical"``: ``scale`` of shape ``(..., K, 1)``, :math:`\\Sigma_k = \\sigma_k^2 I`;
+* ``"full"``: ``scale_tril`` of shape ``(..., K, D, D)``, :math:`\\Sigma_k = L_k L_k^\\top`.
+
+Everything is computed in log space (log-softmax for the weights, log-sum-exp over the
+components, a triangular solve for full covariances), with every normalising constant, and in
+float32 or wider even when the parameters are half precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
+
+__all__ = ["GaussianMixture", "CovarianceType"]
+
+CovarianceType = Literal["diagonal", "spherical", "full"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+Number = float | int
+TemperatureLike = Number | Tensor
+
+
+_UNROLL_MAX_D = 8
+
+
+def _lastsum(t: Tensor) -> Tensor:
+    """``t.sum(-1)``, unrolled for a short last dimension (CPU reductions over a tiny innermost
+    dimension are several times slower than the same number of elementwise additions)."""
+    n = t.shape[-1]
+    if n > _UNROLL_MAX_D:
+        return t.sum(-1)
+    out = t[..., 0]
+    for i in range(1, n):
+        out = out + t[..., i]
+    return out
+
+
+def _diagonal_terms(loc: Tensor, scale: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Standardised residuals z, 1/sigma, and the component log-densities without the 2*pi term."""
+    inv = scale.reciprocal()
+    z = (y - loc) * inv
+    d = loc.shape[-1]
+    log_det = _lastsum(inv.log()) if scale.shape[-1] == d else d * inv[..., 0].log()
+    return z, inv, log_det - 0.5 * _lastsum(z * z)
+
+
+class _DiagonalMixtureLogProb(torch.autograd.Function):
+    r"""log p(y) of a diagonal or spherical mixture, with a hand-written backward pass.
+
+    With responsibilities :math:`r_k = p(k \mid y)`, weights :math:`\pi_k` and
+    :math:`z_k = (y - \mu_k)/\sigma_k`:
+    :math:`\partial/\partial a_k = r_k - \pi_k` (raw logits),
+    :math:`\partial/\partial \mu_k = r_k z_k / \sigma_k`,
+    :math:`\partial/\partial \sigma_k = r_k (z_k^2 - 1)/\sigma_k`,
+    :math:`\partial/\partial y = -\sum_k r_k z_k/\sigma_k`.  Only the inputs and two
+    log-sum-exps are saved (the rest is recomputed), which roughly halves the loss's memory; the
+    backward is made of differentiable operations, so higher derivatives work too.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, loc: Tensor, scale: Tensor, y: Tensor) -> Tensor:
+        _, _, comp = _diagonal_terms(loc, scale, y)
+        lse_a = torch.logsumexp(logits, -1, keepdim=True)
+        lse = torch.logsumexp(logits + comp, -1, keepdim=True)
+        ctx.save_for_backward(logits, loc, scale, y, lse_a, lse)
+        return (lse - lse_a).squeeze(-1) - 0.5 * loc.shape[-1] * _LOG_2PI
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, loc, scale, y, lse_a, lse = ctx.saved_tensors
+        z, inv, comp = _diagonal_terms(loc, scale, y)
+        if torch.is_grad_enabled():  # create_graph=True: the saved statistics must carry a graph
+            lse_a = torch.logsumexp(logits, -1, keepdim=True)
+            lse = torch.logsumexp(logits + comp, -1, keepdim=True)
+        g = grad.unsqueeze(-1)
+        r = torch.exp(logits + comp - lse) * g
+        d_logits = r - torch.exp(logits - lse_a) * g
+        rzi = r.unsqueeze(-1) * (z * inv)
+        if scale.shape[-1] == loc.shape[-1]:
+            d_scale = rzi * z - r.unsqueeze(-1) * inv
+        else:
+            d_scale = (r * (_lastsum(z * z) - loc.shape[-1]) * inv[..., 0]).unsqueeze(-1)
+        d_y = -rzi.sum(-2, keepdim=True).sum_to_size(y.shape) if ctx.needs_input_grad[3] else None
+        return (
+            d_logits.sum_to_size(logits.shape),
+            rzi.sum_to_size(loc.shape),
+            d_scale.sum_to_size(scale.shape),
+            d_y,
+        )
+
+
+def _as_generator(generator: torch.Generator | int | None, device: torch.device):
+    """Turn a seed into a ``torch.Generator`` on ``device``; pass generators and None through."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        g = torch.Generator(device=device)
+        g.manual_seed(generator)
+        return g
+    raise TypeError(
+        f"generator must be a torch.Generator, an int seed or None, found {type(generator).__name__}"
+    )
+
+
+def _promote(t: Tensor) -> Tensor:
+    """Half-precision parameters are computed with in float32 (DESIGN: loss in float32 or wider)."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    if not t.is_floating_point():
+        return t.to(torch.get_default_dtype())
+    return t
+
+
+def _temperature(value: TemperatureLike, name: str, like: Tensor) -> Tensor:
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if torch.isnan(t).any() or (t < 0).any():
+        raise ValueError(f"{name} must be >= 0 (0 means greedy), found {value!r}")
+    return t
+
+
+class GaussianMixture(Distribution):
+    r"""A batch of finite Gaussian mixtures over :math:`\mathbb{R}^D`.
+
+    .. math::
+
+        \log p(y) = \operatorname{logsumexp}_k \Big[\log\pi_k - \tfrac{D}{2}\log 2\pi
+                    - \log\lvert L_k\rvert - \tfrac12 \lVert L_k^{-1}(y-\mu_k)\rVert^2\Big]
+
+    Args:
+        logits: mixture logits, shape ``(..., K)``; the weights are ``softmax(logits)``.
+        loc: component means, shape ``(..., K, D)``.
+        scale: component standard deviations, ``(..., K, D)`` (diagonal) or ``(..., K, 1)``
+            (spherical: one :math:`\sigma` per component).
+        scale_tril: lower-triangular Cholesky factors of the component covariances,
+            ``(..., K, D, D)`` with a positive diagonal.  Give exactly one of ``scale`` and
+            ``scale_tril``.
+        validate_args: check values (finite parameters, positive scales) as well as shapes.
+            Shapes are always checked.  Defaults to ``torch.distributions``' global setting.
+
+    Leading dimensions of the parameters broadcast against each other to ``batch_shape``; the
+    event shape is ``(D,)``.
+
+    Example:
+        >>> import torch
+        >>> from mdnkit import GaussianMixture
+        >>> m = GaussianMixture(torch.zeros(2), torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1))
+        >>> float(m.mean), round(float(m.variance), 4)
+        (0.0, 2.0)
+        >>> m.log_prob(torch.tensor([0.0])).shape
+        torch.Size([])
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(
+        self,
+        logits: Tensor,
+        loc: Tensor,
+        scale: Tensor | None = None,
+        scale_tril: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        if (scale is None) == (scale_tril is None):
+            raise ValueError("give exactly one of scale (diagonal/spherical) and scale_tril (full)")
+        for name, t in (
+            ("logits", logits),
+            ("loc", loc),
+            ("scale", scale),
+            ("scale_tril", scale_tril),
+        ):
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, found {type(t).__name__}")
+        if logits.dim() < 1:
+            raise ValueError(
+                f"logits must have shape (..., K), found a scalar of shape {tuple(logits.shape)}"
+            )
+        if loc.dim() < 2:
+            raise ValueError(f"loc must have shape (..., K, D), found shape {tuple(loc.shape)}")
+        k, d = loc.shape[-2], loc.shape[-1]
+        if logits.shape[-1] != k:
+            raise ValueError(
+                f"logits and loc disagree on the number of components K: logits has shape "
+                f"{tuple(logits.shape)} (K={logits.shape[-1]}), loc has shape {tuple(loc.shape)} (K={k})"
+            )
+        if d < 1 or k < 1:
+            raise ValueError(
+                f"need K >= 1 components and D >= 1 dimensions, found loc shape {tuple(loc.shape)}"
+            )
+        shapes = [logits.shape[:-1], loc.shape[:-2]]
+        if scale is not None:
+            if scale.dim() < 2 or scale.shape[-2] != k or scale.shape[-1] not in (1, d):
+                raise ValueError(
+                    f"scale must have shape (..., K, D) = (..., {k}, {d}) for diagonal or (..., {k}, 1) "
+                    f"for spherical components, found {tuple(scale.shape)}"
+                )
+            self.covariance_type: CovarianceType = (
+                "spherical" if scale.shape[-1] == 1 and d > 1 else "diagonal"
+            )
+            shapes.append(scale.shape[:-2])
+        else:
+            if scale_tril.dim() < 3 or scale_tril.shape[-3:] != (k, d, d):
+                raise ValueError(
+                    f"scale_tril must have shape (..., K, D, D) = (..., {k}, {d}, {d}), "
+                    f"found {tuple(scale_tril.shape)}"
+                )
+            self.covariance_type = "full"
+            shapes.append(scale_tril.shape[:-3])
+        try:
+            batch_shape = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            raise ValueError(
+                "the leading (batch) dimensions of the parameters do not broadcast: "
+                + ", ".join(f"{n} {tuple(s)}" for n, s in zip(("logits", "loc", "scale"), shapes))
+            ) from None
+        self._k, self._d = k, d
+
+        logits, loc = _promote(logits), _promote(loc)
+        if validate_args or (validate_args is None and Distribution._validate_args):
+            self._check_values(logits, loc, scale, scale_tril)
+        self._raw_logits = logits.expand(*batch_shape, k)
+        self.loc = loc.expand(*batch_shape, k, d)
+        if scale is not None:
+            self.scale = _promote(scale).expand(*batch_shape, k, scale.shape[-1])
+            self.scale_tril = None
+        else:
+            self.scale = None
+            self.scale_tril = _promote(scale_tril).expand(*batch_shape, k, d, d)
+        super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
+
+    @staticmethod
+    def _check_values(logits, loc, scale, scale_tril) -> None:
+        if torch.isnan(logits).any() or (logits == math.inf).any():
+            raise ValueError("logits contain NaN or +inf")
+        if not torch.isfinite(loc).all():
+            raise ValueError("loc contains NaN or inf")
+        if scale is not None:
+            if torch.isnan(scale).any() or not (scale > 0).all() or not torch.isfinite(scale).all():
+                bad = scale[~((scale > 0) & torch.isfinite(scale))].flatten()[:3].tolist()
+                raise ValueError(f"scale must be positive and finite, found values such as {bad}")
+        else:
+            diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)
+            if not torch.isfinite(scale_tril).all():
+                raise ValueError("scale_tril contains NaN or inf")
+            if not (diag > 0).all():
+                bad = diag[~(diag > 0)].flatten()[:3].tolist()
+                raise ValueError(
+                    f"scale_tril must have a positive diagonal, found diagonal values such as {bad}"
+                )
+
+    # ------------------------------------------------------------------ basic properties
+    @lazy_property
+    def logits(self) -> Tensor:
+        r"""Normalised log-weights :math:`\log\pi_k` (log-softmax of the given logits), ``(..., K)``."""
+        return torch.log_softmax(self._raw_logits, dim=-1)
+
+    @property
+    def num_components(self) -> int:
+        """K, the number of mixture components."""
+        return self._k
+
+    @property
+    def weights(self) -> Tensor:
+        r"""Mixture weights :math:`\pi = \operatorname{softmax}(\text{logits})`, shape ``(..., K)``."""
+        return self.logits.exp()
+
+    probs = weights
+
+    @property
+    def component_scale_tril(self) -> Tensor:
+        """Cholesky factors of every component covariance, ``(..., K, D, D)``, for any type."""
+        if self.scale_tril is not None:
+            return self.scale_tril
+        return torch.diag_embed(self.scale.expand(*self.loc.shape))
+
+    @property
+    def component_covariance(self) -> Tensor:
+        r"""Covariance matrices :math:`\Sigma_k` of every component, ``(..., K, D, D)``."""
+        if self.scale_tril is not None:
+            return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+        return torch.diag_embed(self.scale.expand(*self.loc.shape).square())
+
+    @property
+    def component_variance(self) -> Tensor:
+        r"""Diagonal of each :math:`\Sigma_k`, ``(..., K, D)``."""
+        if self.scale_tril is not None:
+            return self.scale_tril.square().sum(-1)
+        return self.scale.expand(*self.loc.shape).square()
+
+    def expand(self, batch_shape, _instance=None) -> GaussianMixture:
+        batch_shape = torch.Size(batch_shape)
+        k, d = self._k, self._d
+        if self.scale_tril is not None:
+            return GaussianMixture(
+                self._raw_logits.expand(*batch_shape, k),
+                self.loc.expand(*batch_shape, k, d),
+                scale_tril=self.scale_tril.expand(*batch_shape, k, d, d),
+                validate_args=False,
+            )
+        return GaussianMixture(
+            self._raw_logits.expand(*batch_shape, k),
+            self.loc.expand(*batch_shape, k, d),
+            self.scale.expand(*batch_shape, k, self.scale.shape[-1]),
+            validate_args=False,
+        )
+
+    def __getitem__(self, index) -> GaussianMixture:
+        """Index the batch dimensions: ``mixture[0]``, ``mixture[:, 3]``, ``mixture[mask]``."""
+        if not isinstance(index, tuple):
+            index = (index,)
+        if any(i is Ellipsis for i in index):
+            raise IndexError("Ellipsis is not supported when indexing a GaussianMixture")
+        return GaussianMixture(
+            self._raw_logits[index],
+            self.loc[index],
+            None if self.scale is None else self.scale[index],
+            None if self.scale_tril is None else self.scale_tril[index],
+            validate_args=False,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self._k}, D={self._d}, "
+            f"covariance='{self.covariance_type}', dtype={self.loc.dtype})"
+        )
+
+    # ------------------------------------------------------------------ densities
+    def _check_value(self, value: Tensor) -> Tensor:
+        if not isinstance(value, Tensor):
+            value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        if value.dim() < 1 or value.shape[-1] != self._d:
+            raise ValueError(
+                f"expected values with the event shape (..., {self._d}) as last dimension, "
+                f"found shape {tuple(value.shape)}"
+            )
+        if value.dtype != self.loc.dtype:
+            value = value.to(self.loc.dtype)
+        return value
+
+    def component_log_prob(self, value: Tensor) -> Tensor:
+        r""":math:`\log \mathcal{N}(y \mid \mu_k, \Sigma_k)` for every component, ``(..., K)``."""
+        y = self._check_value(value).unsqueeze(-2)
+        d = self._d
+        if self.scale is not None:
+            return _diagonal_terms(self.loc, self.scale, y)[2] - 0.5 * d * _LOG_2PI
+        diff = y - self.loc
+        tril = self.scale_tril
+        diag = torch.diagonal(tril, dim1=-2, dim2=-1)
+        if d <= _UNROLL_MAX_D:
+            # Forward substitution, one vector operation per entry of L: far faster than a
+            # batched triangular solve for the small D of most MDNs.
+            zs: list[Tensor] = []
+            sq = None
+            for i in range(d):
+                acc = diff[..., i]
+                for j in range(i):
+                    acc = acc - tril[..., i, j] * zs[j]
+                zi = acc / diag[..., i]
+                zs.append(zi)
+                sq = zi * zi if sq is None else sq + zi * zi
+            return -0.5 * sq - _lastsum(diag.log()) - 0.5 * d * _LOG_2PI
+        if diff.shape[:-1] != tril.shape[:-2]:
+            tril = tril.expand(*diff.shape[:-1], d, d)
+        z = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
+        return -0.5 * z.square().sum(-1) - diag.log().sum(-1) - 0.5 * d * _LOG_2PI
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r""":math:`\log p(y)`, shape ``broadcast(value.shape[:-1], batch_shape)``."""
+        if self.scale is not None:
+            y = self._check_value(value).unsqueeze(-2)
+            return _DiagonalMixtureLogProb.apply(self._raw_logits, self.loc, self.scale, y)
+        return torch.logsumexp(self.logits + self.component_log_prob(value), dim=-1)
+
+    def posterior(self, value: Tensor) -> Tensor:
+        r"""Responsibilities :math:`p(k \mid y) = \pi_k \mathcal{N}_k(y) / p(y)`, ``(..., K)``."""
+        return torch.softmax(self.logits + self.component_log_prob(value), dim=-1)
+
+    # ------------------------------------------------------------------ sampling
+    def _component_index(self, shape: torch.Size, temperature: Tensor, generator) -> Tensor:
+        logits = self.logits
+        greedy = logits.argmax(-1).expand(shape)
+        if temperature.numel() == 1 and float(temperature) == 0.0:
+            return greedy
+        if temperature.numel() == 1 and math.isinf(float(temperature)):
+            probs = torch.ones_like(logits)
+        else:
+            t = temperature.unsqueeze(-1) if temperature.dim() else temperature
+            safe_t = torch.where(t == 0, torch.ones_like(t), t)
+            scaled = torch.where(torch.isinf(safe_t), torch.zeros_like(logits), logits / safe_t)
+            probs = torch.softmax(scaled, dim=-1)
+        cdf = probs.cumsum(-1)
+        # u in (0, 1], scaled by the total so that rounding in the cumulative sum never picks a
+        # component of zero weight.
+        u = 1.0 - torch.rand(shape, dtype=cdf.dtype, device=cdf.device, generator=generator)
+        idx = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).clamp_(max=self._k - 1)
+        if temperature.dim() and (temperature == 0).any():
+            idx = torch.where(temperature.expand(shape) == 0, greedy, idx)
+        return idx
+
+    @torch.no_grad()
+    def sample(
+        self,
+        sample_shape: torch.Size | Sequence[int] = (),
+        temperature: TemperatureLike = 1.0,
+        sigma_temperature: TemperatureLike = 1.0,
+        generator: torch.Generator | int | None = None,
+    ) -> Tensor:
+        r"""Draw samples, shape ``sample_shape + batch_shape + (D,)``, fully vectorised.
+
+        A component is drawn from :math:`\operatorname{softmax}(\text{logits} / T)` and then a
+        point from :math:`\mathcal{N}(\mu_k, S\,\Sigma_k)`, with :math:`T` = ``temperature`` and
+        :math:`S` = ``sigma_temperature`` (so the standard deviation scales by :math:`\sqrt S`).
+        ``temperature=0`` picks the most likely component and ``sigma_temperature=0`` returns its
+        mean.  Both may be tensors broadcastable to ``batch_shape``.
+
+        Args:
+            sample_shape: leading shape of the draws.
+            temperature: :math:`T \ge 0`.
+            sigma_temperature: :math:`S \ge 0`.
+            generator: a ``torch.Generator`` or an int seed; the same seed gives the same samples.
+
+        Example:
+            >>> m = GaussianMixture(torch.zeros(3), torch.randn(3, 2), torch.ones(3, 2))
+            >>> m.sample((5,), temperature=0.5, generator=0).shape
+            torch.Size([5, 2])
+        """
+        shape = self._extended_shape(torch.Size(sample_shape))[:-1]
+        loc = self.loc
+        gen = _as_generator(generator, loc.device)
+        t = _temperature(temperature, "temperature", loc)
+        s = _temperature(sigma_temperature, "sigma_temperature", loc)
+        idx = self._component_index(shape, t, gen)
+        d = self._d
+        gather_idx = idx[..., None, None].expand(*shape, 1, d)
+        mean = loc.expand(*shape, self._k, d).gather(-2, gather_idx).squeeze(-2)
+        if s.dim() == 0 and float(s) == 0.0:
+            return mean
+        eps = torch.randn(*shape, d, dtype=loc.dtype, device=loc.device, generator=gen)
+        if self.scale_tril is not None:
+            gidx = idx[..., None, None, None].expand(*shape, 1, d, d)
+            tril = self.scale_tril.expand(*shape, self._k, d, d).gather(-3, gidx).squeeze(-3)
+            noise = (tril @ eps.unsqueeze(-1)).squeeze(-1)
+        else:
+            c = self.scale.shape[-1]
+            sig = self.scale.expand(*shape, self._k, c).gather(
+                -2, idx[..., None, None].expand(*shape, 1, c)
+            )
+            noise = sig.squeeze(-2) * eps
+        if not (s.dim() == 0 and float(s) == 1.0):
+            noise = noise * s.sqrt().unsqueeze(-1) if s.dim() else noise * math.sqrt(float(s))
+        return mean + noise
+
+    def with_temperature(
+        self, temperature: TemperatureLike = 1.0, sigma_temperature: TemperatureLike = 1.0
+    ) -> GaussianMixture:
+        r"""The tempered mixture that :meth:`sample` draws from: logits / T, covariances × S.
+
+        Temperature 0 gives all weight to the most likely component; ``sigma_temperature`` must be
+        positive here (a zero-covariance mixture has no density).
+        """
+        t = _temperature(temperature, "temperature", self.loc)
+        s = _temperature(sigma_temperature, "sigma_temperature", self.loc)
+        if (s == 0).any():
+            raise ValueError("sigma_temperature must be > 0 for a tempered distribution")
+        if t.dim() == 0 and float(t) == 0.0:
+            logits = torch.full_like(self.logits, -math.inf).scatter(
+                -1, self.logits.argmax(-1, keepdim=True), 0.0
+            )
+        else:
+            logits = self.logits / (t.unsqueeze(-1) if t.dim() else t)
+        root = s.sqrt()
+        if self.scale_tril is not None:
+            r = root[..., None, None, None] if root.dim() else root
+            return GaussianMixture(
+                logits, self.loc, scale_tril=self.scale_tril * r, validate_args=False
+            )
+        r = root[..., None, None] if root.dim() else root
+        return GaussianMixture(logits, self.loc, self.scale * r, validate_args=False)
+
+    # ------------------------------------------------------------------ moments
+    @property
+    def mean(self) -> Tensor:
+        r""":math:`\mathbb{E}[y] = \sum_k \pi_k \mu_k`, shape ``batch_shape + (D,)``."""
+        return (self.weights.unsqueeze(-1) * self.loc).sum(-2)
+
+    @property
+    def variance(self) -> Tensor:
+        r"""Per-dimension variance, by the law of total variance:
+        :math:`\sum_k \pi_k (\sigma_{k}^2 + (\mu_k - \bar\mu)^2)`."""
+        w = self.weights.unsqueeze(-1)
+        dev = self.loc - self.mean.unsqueeze(-2)
+        return (w * (self.component_variance + dev.square())).sum(-2)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        r""":math:`\sum_k \pi_k \big(\Sigma_k + (\mu_k-\bar\mu)(\mu_k-\bar\mu)^\top\big)`, ``(..., D, D)``."""
+        w = self.weights[..., None, None]
+        dev = self.loc - self.mean.unsqueeze(-2)
+        outer = dev.unsqueeze(-1) * dev.unsqueeze(-2)
+        return (w * (self.component_covariance + outer)).sum(-3)
+
+    def mode(self, max_iter: int = 200, tol: float = 1e-9) -> Tensor:
+        r"""The highest-density point, shape ``batch_shape + (D,)``.
+
+        A fixed-point (mean-shift) iteration for the stationary points of a Gaussian mixture,
+        :math:`y \leftarrow \big(\sum_k r_k \Sigma_k^{-1}\big)^{-1} \sum_k r_k \Sigma_k^{-1}\mu_k`
+        with responsibilities :math:`r_k(y)`, is started from every component mean; the point of
+        highest density among the K results is returned.  Runs in float64.
+        """
+        with torch.no_grad():
+            mix = self._to(torch.float64)
+            d = self._d
+            # Starting points: each component mean, as an extra leading dim (K, *batch, D).
+            y = mix.loc.movedim(-2, 0).clone()
+            if mix.scale_tril is not None:
+                eye = torch.eye(d, dtype=torch.float64, device=y.device)
+                linv = torch.linalg.solve_triangular(
+                    mix.scale_tril, eye.expand_as(mix.scale_tril), upper=False
+                )
+                prec = linv.transpose(-1, -2) @ linv  # (..., K, D, D)
+                prec_mu = (prec @ mix.loc.unsqueeze(-1)).squeeze(-1)
+            else:
+                prec = mix.component_variance.reciprocal()  # (..., K, D)
+                prec_mu = prec * mix.loc
+            for _ in range(max_iter):
+                r = mix.posterior(y).unsqueeze(-1)  # (K, *batch, K, 1)
+                if mix.scale_tril is not None:
+                    a = (r.unsqueeze(-1) * prec).sum(-3)
+                    b = (r * prec_mu).sum(-2)
+                    new = torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
+                else:
+                    new = (r * prec_mu).sum(-2) / (r * prec).sum(-2)
+                delta = (new - y).abs().max()
+                y = new
+                if not torch.isfinite(delta) or float(delta) <= tol * (1.0 + float(y.abs().max())):
+                    break
+            best = mix.log_prob(y).argmax(0)  # (*batch,)
+            out = y.gather(0, best[None, ..., None].expand(1, *y.shape[1:])).squeeze(0)
+        return out.to(self.loc.dtype)
+
+    def _to(self, dtype: torch.dtype) -> GaussianMixture:
+        return GaussianMixture(
+            self._raw_logits.to(dtype),
+            self.loc.to(dtype),
+            None if self.scale is None else self.scale.to(dtype),
+            None if self.scale_tril is None else self.scale_tril.to(dtype),
+            validate_args=False,
+        )
+
+    def marginal(self, dims: int | Sequence[int]) -> GaussianMixture:
+        r"""The marginal mixture over the output dimensions ``dims`` (closed form).
+
+        :math:`p(y_S) = \sum_k \pi_k \mathcal{N}(y_S \mid \mu_{k,S}, \Sigma_{k,SS})`: same weights,
+        the selected entries of the means and the selected block of each covariance.
+        """
+        if isinstance(dims, int):
+            dims = [dims]
+        dims = list(dims)
+        if (
+            not dims
+            or any(not -self._d <= i < self._d for i in dims)
+            or len(set(i % self._d for i in dims)) != len(dims)
+        ):
+            raise ValueError(f"dims must be distinct indices in [0, {self._d}), found {dims}")
+        idx = torch.tensor([i % self._d for i in dims], device=self.loc.device)
+        loc = self.loc.index_select(-1, idx)
+        if self.scale_tril is not None:
+            cov = self.component_covariance.index_select(-1, idx).index_select(-2, idx)
+            return GaussianMixture(
+                self.logits, loc, scale_tril=torch.linalg.cholesky(cov), validate_args=False
+            )
+        if self.covariance_type == "spherical":
+            return GaussianMixture(self.logits, loc, self.scale, validate_args=False)
+        return GaussianMixture(
+            self.logits, loc, self.scale.index_select(-1, idx), validate_args=False
+        )
+
+    # ------------------------------------------------------------------ 1-D: cdf and quantiles
+    def _univariate(self, what: str) -> tuple[Tensor, Tensor, Tensor]:
+        if self._d != 1:
+            raise ValueError(
+                f"{what} is defined for 1-D events only, this mixture has D={self._d}; "
+                f"use .marginal(i).{what}(...) for one output dimension"
+            )
+        sigma = self.component_variance.squeeze(-1).sqrt()
+        return self.logits, self.loc.squeeze(-1), sigma
+
+    def cdf(self, value: Tensor) -> Tensor:
+        r""":math:`F(y) = \sum_k \pi_k \Phi\big((y-\mu_k)/\sigma_k\big)` for 1-D events.
+
+        ``value`` has shape ``(..., 1)`` (the event shape, like :meth:`log_prob`); the result has
+        shape ``broadcast(value.shape[:-1], batch_shape)``.
+        """
+        logits, mu, sigma = self._univariate("cdf")
+        y = self._check_value(value).to(torch.float64)
+        z = (y - mu.double()) / sigma.double()
+        out = (logits.double().exp() * torch.special.ndtr(z)).sum(-1)
+        return out.clamp(0.0, 1.0).to(self.loc.dtype)
+
+    def icdf(self, value: Tensor, tol: float = 1e-10, max_iter: int = 100) -> Tensor:
+        r"""Quantile function :math:`F^{-1}(q)` for 1-D events, vectorised.
+
+        ``value`` holds probabilities, shape broadcastable to ``batch_shape``; the result has shape
+        ``broadcast(value.shape, batch_shape) + (1,)``.  The root of :math:`F(y) = q` is bracketed
+        by the components' own quantiles, :math:`\min_k` and :math:`\max_k` of
+        :math:`\mu_k + \sigma_k\Phi^{-1}(q)`, and found by Newton steps safeguarded with bisection,
+        in float64, to ``tol`` in probability (well below 1e-6 in value for any sane scale).
+        ``q = 0`` and ``q = 1`` give ``-inf`` and ``+inf``.
+        """
+        logits, mu, sigma = self._univariate("icdf")
+        q = torch.as_tensor(value, device=mu.device).to(torch.float64)
+        if torch.isnan(q).any() or (q < 0).any() or (q > 1).any():
+            raise ValueError("icdf expects probabilities in [0, 1]")
+        w, mu, sigma = logits.double().exp(), mu.double(), sigma.double()
+        shape = torch.broadcast_shapes(q.shape, self.batch_shape)
+        q = q.expand(shape)
+        qc = q.clamp(1e-300, 1 - 1e-16).unsqueeze(-1)
+        zq = torch.special.ndtri(qc)
+        comp_q = mu + sigma * zq  # (..., K)
+        # Components of zero weight do not bound the root.
+        big = torch.finfo(torch.float64).max
+        lo = torch.where(w > 0, comp_q, torch.full_like(comp_q, big)).amin(-1)
+        hi = torch.where(w > 0, comp_q, torch.full_like(comp_q, -big)).amax(-1)
+        y = 0.5 * (lo + hi)
+        qv = q
+        for _ in range(max_iter):
+            z = (y.unsqueeze(-1) - mu) / sigma
+            f = (w * torch.special.ndtr(z)).sum(-1) - qv
+            pdf = (w * torch.exp(-0.5 * z.square()) / (sigma * math.sqrt(2 * math.pi))).sum(-1)
+            lo = torch.where(f < 0, y, lo)
+            hi = torch.where(f >= 0, y, hi)
+            newton = y - f / pdf
+            ok = (newton > lo) & (newton < hi) & torch.isfinite(newton)
+            y_new = torch.where(ok, newton, 0.5 * (lo + hi))
+            step = (y_new - y).abs()
+            y = y_new
+            width = sigma.amin(-1)
+            if bool(((f.abs() <= tol) | (step <= 1e-13 * (width + y.abs()))).all()):
+                break
+        y = torch.where(q == 0, torch.full_like(y, -math.inf), y)
+        y = torch.where(q == 1, torch.full_like(y, math.inf), y)
+        return y.unsqueeze(-1).to(self.loc.dtype)
+
+    def quantile(self, q: float | Sequence[float] | Tensor) -> Tensor:
+        """Quantiles ``q`` (a float or a 1-D list) of a 1-D mixture, shape ``q.shape + batch_shape + (1,)``."""
+        qt = torch.as_tensor(q, dtype=torch.float64, device=self.loc.device)
+        return self.icdf(qt.reshape(qt.shape + (1,) * len(self.batch_shape)))
+
+    def interval(self, coverage: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Central interval holding ``coverage`` of the probability, for 1-D mixtures."""
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must be in (0, 1), found {coverage}")
+        a = (1 - coverage) / 2
+        return self.icdf(torch.full(self.batch_shape, a)), self.icdf(
+            torch.full(self.batch_shape, 1 - a)
+        )
