@@ -1,0 +1,419 @@
+"""Tests of mdnkit.sequence: the MDN-RNN's loss on padded batches, generation and ONNX export.
+
+Every number is checked against an independent computation: SciPy densities built from the raw
+network outputs, PyTorch's own nn.LSTM / nn.GRU full-sequence forward, the core GaussianMixture's
+closed-form moments (Monte Carlo with a stated tolerance), never the code's own output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from mdnkit.mixture import GaussianMixture
+from mdnkit.sequence import MDNRNN, StepGenerator, pad_sequences, windows
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and (
+    importlib.util.find_spec("onnx") is not None
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small recurrent nets train many times faster on one thread than on two busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(pen_states: int, lengths=(6, 3, 9), d: int = 2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for n in lengths:
+        u = rng.normal(3.0, 2.0, size=(n, d)).astype(np.float32)
+        if pen_states:
+            u = np.concatenate([u, rng.integers(0, pen_states, (n, 1)).astype(np.float32)], 1)
+        seqs.append(u)
+    return seqs
+
+
+def _model(pen_states=0, cell="lstm", covariance="diagonal", d=2, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("hidden_size", 12)
+    kw.setdefault("num_layers", 2)
+    return MDNRNN(
+        d, cell=cell, covariance=covariance, pen_states=pen_states, num_components=3, **kw
+    )
+
+
+# ------------------------------------------------------------------------------------ helpers
+def test_pad_sequences_and_windows():
+    x, lengths = pad_sequences([np.ones((2, 3)), np.full((4, 3), 2.0)], value=-1.0)
+    assert x.shape == (2, 4, 3) and lengths.tolist() == [2, 4]
+    assert torch.all(x[0, 2:] == -1.0) and torch.all(x[1] == 2.0)
+    stream = np.arange(20.0).reshape(10, 2)
+    w = windows(stream, length=4, stride=3)
+    assert w.shape == (3, 4, 2)
+    np.testing.assert_array_equal(w[1], stream[3:7])
+    wt = windows(torch.from_numpy(stream), 5)
+    assert isinstance(wt, torch.Tensor) and wt.shape == (2, 5, 2)
+    with pytest.raises(ValueError, match="same event dimension"):
+        pad_sequences([np.ones((2, 3)), np.ones((2, 2))])
+    with pytest.raises(ValueError, match="fewer than one window"):
+        windows(stream, 11)
+    with pytest.raises(TypeError, match="list of"):
+        pad_sequences(np.ones((2, 3, 1)))
+
+
+def test_bad_inputs_name_expected_and_found():
+    m = _model(pen_states=2)
+    x, lengths = pad_sequences(_data(2))
+    with pytest.raises(ValueError, match=r"\(B, T, 3\).*found \(3, 9, 2\)"):
+        m.loss(x[..., :2], lengths)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=9\]"):
+        m.loss(x, torch.tensor([6, 3, 10]))
+    bad = x.clone()
+    bad[0, 0, 2] = 2.0  # pen state 2 with only 2 states
+    with pytest.raises(ValueError, match="pen-state index in 0..1"):
+        m.loss(bad, lengths)
+    with pytest.raises(ValueError, match="pen_states must be 0, 2 or 3"):
+        MDNRNN(2, pen_states=1)
+    with pytest.raises(ValueError, match="temperature must be"):
+        m.generator(temperature=-1.0)
+    g = m.generator(batch=2)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) for a batch of 2.*found \(4,\)"):
+        g.step(np.zeros(4, np.float32))
+
+
+# ------------------------------------------------------------------------------------ the loss
+@pytest.mark.parametrize("pen_states", [0, 2, 3])
+def test_loss_matches_scipy(pen_states):
+    """Sum-NLL of the batch against SciPy densities built from PyTorch's nn.LSTM outputs."""
+    m = _model(pen_states=pen_states, d=2)
+    seqs = _data(pen_states)
+    x, lengths = pad_sequences(seqs)
+    m.prepare(x, lengths)
+    shift, scale = m.shift.double().numpy(), m.scale.double().numpy()
+    total = 0.0
+    k, d = 3, 2
+    for s in seqs:
+        s = s.astype(np.float64)
+        n = s.shape[0]
+        # network inputs: start token, then the standardised events with a one-hot pen state
+        inp = np.zeros((n, m.input_size))
+        inp[0, -1] = 1.0
+        inp[1:, :d] = (s[:-1, :d] - shift) / scale
+        if pen_states:
+            inp[np.arange(1, n), d + s[:-1, d].astype(int)] = 1.0
+        with torch.no_grad():
+            h, _ = m.rnn(torch.tensor(inp, dtype=torch.float32)[None])
+            raw = m.head.proj(h)[0].double().numpy()
+            pen = m.pen(h)[0].double().numpy() if pen_states else None
+        for t in range(n):
+            loc = raw[t, : k * d].reshape(k, d) * scale + shift
+            sig = (np.logaddexp(0, raw[t, k * d : 2 * k * d]) + 1e-4).reshape(k, d) * scale
+            logw = special.log_softmax(raw[t, 2 * k * d :])
+            comp = [
+                stats.multivariate_normal(loc[j], np.diag(sig[j] ** 2)).logpdf(s[t, :d])
+                for j in range(k)
+            ]
+            total -= special.logsumexp(logw + np.array(comp))
+            if pen_states:
+                total -= special.log_softmax(pen[t])[int(s[t, d])]
+    events = sum(len(s) for s in seqs)
+    got_sum = float(m.loss(x, lengths, reduction="sum").detach())
+    got_mean = float(m.loss(x, lengths).detach())
+    assert got_sum == pytest.approx(total, rel=1e-5, abs=1e-4)
+    assert got_mean == pytest.approx(total / events, rel=1e-5, abs=1e-5)
+    ev = m.evaluate(x, lengths, batch_size=2)
+    assert ev["nll"] == pytest.approx(total / events, rel=1e-5)
+    assert ev["events"] == events
+    assert (ev["pen_nll"] > 0) == bool(pen_states)
+
+
+def test_nll_is_in_data_units():
+    """Scaling the continuous data by c (after prepare) adds D log c to the NLL per event."""
+    seqs = _data(2)
+    c = 37.0
+    scaled = [np.concatenate([s[:, :2] * c, s[:, 2:]], 1) for s in seqs]
+    a, b = _model(pen_states=2, seed=3), _model(pen_states=2, seed=3)
+    x, lengths = pad_sequences(seqs)
+    xs, _ = pad_sequences(scaled)
+    a.prepare(x, lengths)
+    b.prepare(xs, lengths)
+    with torch.no_grad():
+        assert float(b.loss(xs, lengths)) == pytest.approx(
+            float(a.loss(x, lengths)) + 2 * math.log(c), abs=2e-4
+        )
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_padding_changes_neither_loss_nor_gradients(cell):
+    m = _model(pen_states=2, cell=cell)
+    x, lengths = pad_sequences(_data(2))
+    m.prepare(x, lengths)
+    x2 = x.clone()
+    pad = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+    x2[pad] = torch.tensor([float("nan"), 1e6, 7.0])  # garbage, NaN and an invalid pen state
+    losses, grads = [], []
+    for xx in (x, x2):
+        m.zero_grad()
+        loss = m.loss(xx, lengths)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.isfinite(losses[1])
+    assert torch.equal(losses[0], losses[1])
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_no_leakage_between_sequences():
+    """The batch's per-event NLL equals each sequence scored alone."""
+    m = _model(pen_states=3, cell="gru")
+    seqs = _data(3, lengths=(5, 9, 1, 7))
+    x, lengths = pad_sequences(seqs)
+    m.prepare(x, lengths)
+    with torch.no_grad():
+        batch = m.loss(x, lengths, reduction="none")
+        for i, s in enumerate(seqs):
+            alone = m.loss(torch.from_numpy(s)[None], reduction="none")[0]
+            torch.testing.assert_close(batch[i, : len(s)], alone, rtol=1e-5, atol=1e-5)
+            assert torch.all(batch[i, len(s) :] == 0)
+
+
+# ------------------------------------------------------------------------------------ forward
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("covariance", ["diagonal", "spherical", "full"])
+def test_stateful_step_equals_full_sequence_forward(cell, covariance):
+    m = _model(pen_states=2, cell=cell, covariance=covariance, d=3)
+    seqs = _data(2, lengths=(8,), d=3)
+    x = torch.from_numpy(seqs[0])[None]
+    m.prepare(x)
+    with torch.no_grad():
+        mix, pen, _ = m(x)
+        # continuing from a returned state equals one long forward
+        mix_a, pen_a, state = m(x[:, :3])
+        mix_b, pen_b, _ = m(x[:, 3:], state)
+    torch.testing.assert_close(torch.cat([mix_a.loc, mix_b.loc], 1), mix.loc)
+    torch.testing.assert_close(torch.cat([pen_a, pen_b], 1), pen)
+    g = m.generator(generator=0)
+    g.predict(None)  # the start token
+    for t in range(x.shape[1]):
+        p = g.predict(x[0, t].numpy())
+        np.testing.assert_allclose(p["logits"][0], mix.logits[0, t].numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(p["loc"][0], mix.loc[0, t].numpy(), atol=1e-5, rtol=1e-5)
+        if covariance == "full":
+            want = mix.scale_tril[0, t].numpy()
+            np.testing.assert_allclose(p["scale_tril"][0], want, atol=1e-5, rtol=1e-5)
+        else:
+            want = mix.scale[0, t].expand(3, 3).numpy()
+            np.testing.assert_allclose(p["scale"][0], want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(p["pen_logits"][0], pen[0, t].numpy(), atol=1e-5, rtol=1e-5)
+    h_ref = state[0] if cell == "lstm" else state
+    assert g.state[0].shape == tuple(h_ref.shape)
+
+
+# ------------------------------------------------------------------------------------ generation
+def test_generate_shapes_seeds_and_types():
+    m = _model(pen_states=2)
+    m.prepare(*pad_sequences(_data(2)))
+    a = m.generate(15, generator=7, batch=3, temperature=0.8)
+    assert a.shape == (3, 15, 3) and a.dtype == torch.float32
+    assert torch.equal(a, m.generate(15, generator=7, batch=3, temperature=0.8))
+    assert not torch.equal(a, m.generate(15, generator=8, batch=3, temperature=0.8))
+    assert set(a[..., 2].unique().tolist()) <= {0.0, 1.0}
+    # the step generator gives the same events with the same seed, numpy or tensor in and out
+    for batch in (1, 3):
+        ref = m.generate(10, generator=5, batch=batch)
+        g = m.generator(batch=batch, generator=5)
+        e = g.step()
+        got = [e]
+        for i in range(9):
+            e = np.asarray(e)
+            e = g.step(torch.from_numpy(e) if i % 2 else e)
+            assert isinstance(e, torch.Tensor if i % 2 else np.ndarray)
+            got.append(np.asarray(e))
+        got = np.stack(got, -2).reshape(batch, 10, 3)
+        np.testing.assert_array_equal(got, ref.numpy())
+        g.reset()  # forgets the past (the random stream goes on)
+        np.testing.assert_array_equal(
+            g.predict(None)["loc"], m.generator(batch=batch).predict(None)["loc"]
+        )
+    # a primed generation continues the prime: same as stepping through it by hand
+    prime = torch.from_numpy(_data(2, lengths=(4,))[0])
+    out = m.generate(5, prime=prime, generator=2)
+    g = m.generator(generator=2)
+    g.predict(None)
+    for row in prime[:-1]:
+        g.predict(row.numpy())
+    first = g.step(prime[-1].numpy())
+    np.testing.assert_array_equal(out[0, 0].numpy(), first)
+
+
+def test_temperature_zero_is_greedy():
+    """T = S = pen T = 0: each event is the mean of the most likely component (checked against the
+    full-sequence forward over the generated events), identical for every seed, never NaN."""
+    m = _model(pen_states=2, cell="gru")
+    m.prepare(*pad_sequences(_data(2)))
+    kw = dict(temperature=0.0, sigma_temperature=0.0, pen_temperature=0.0)
+    a = m.generate(12, generator=1, **kw)
+    assert torch.equal(a, m.generate(12, generator=99, **kw))
+    assert torch.isfinite(a).all()
+    with torch.no_grad():
+        mix, pen, _ = m(a)
+        g = m.generator()
+        first = g.predict(None)
+    k0 = first["logits"][0].argmax()
+    np.testing.assert_allclose(a[0, 0, :2].numpy(), first["loc"][0, k0], rtol=1e-5, atol=1e-5)
+    k = mix.logits[0, :-1].argmax(-1)
+    want = mix.loc[0, :-1].gather(-2, k[:, None, None].expand(-1, 1, 2)).squeeze(-2)
+    torch.testing.assert_close(a[0, 1:, :2], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[0, 1:, 2], pen[0, :-1].argmax(-1).float())
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_sampling_matches_tempered_mixture_moments(covariance):
+    """Monte Carlo: 20000 first events vs the closed-form mean/variance of the tempered mixture
+    (core GaussianMixture.with_temperature); tolerance 5 standard errors."""
+    m = _model(pen_states=2, covariance=covariance)
+    m.prepare(*pad_sequences(_data(2)))
+    n, t, s, pt = 20000, 0.6, 0.5, 1.7
+    g = m.generator(batch=n, temperature=t, sigma_temperature=s, pen_temperature=pt, generator=0)
+    e = g.step()
+    p = m.generator(batch=1).predict(None)
+    if covariance == "full":
+        mix = GaussianMixture(
+            torch.from_numpy(p["logits"][0]).double(),
+            torch.from_numpy(p["loc"][0]).double(),
+            scale_tril=torch.from_numpy(p["scale_tril"][0]).double(),
+        )
+    else:
+        mix = GaussianMixture(
+            torch.from_numpy(p["logits"][0]).double(),
+            torch.from_numpy(p["loc"][0]).double(),
+            torch.from_numpy(p["scale"][0]).double(),
+        )
+    tm = mix.with_temperature(t, s)
+    mean, var = tm.mean.numpy(), tm.variance.numpy()
+    se = np.sqrt(var / n)
+    assert np.all(np.abs(e[:, :2].mean(0) - mean) < 5 * se)
+    # variance of the sample variance ~ (m4 - var^2)/n; bound m4 by 10 var^2 for a mixture
+    assert np.all(np.abs(e[:, :2].var(0) - var) < 5 * np.sqrt(10 * var**2 / n))
+    probs = special.softmax(p["pen_logits"][0] / pt)
+    freq = np.bincount(e[:, 2].astype(int), minlength=2) / n
+    assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / n))
+
+
+# ------------------------------------------------------------------------------------ training
+def test_training_learns_a_bimodal_sequence():
+    """Zig-zag steps (keep direction w.p. 0.8, N(0, 0.05^2) noise): the NLL per event gets within
+    0.35 nats of the true conditional entropy after a short training run."""
+    rng = np.random.default_rng(0)
+    n, length = 128, 25
+    flips = rng.random((n, length)) < 0.2
+    direction = rng.choice([-1.0, 1.0], (n, 1)) * np.cumprod(np.where(flips, -1.0, 1.0), 1)
+    x = (0.5 * direction + 0.05 * rng.standard_normal((n, length)))[..., None].astype(np.float32)
+    x = torch.from_numpy(x)
+    best = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) + 0.5 * math.log(
+        2 * math.pi * math.e * 0.05**2
+    )
+    torch.manual_seed(0)
+    m = MDNRNN(1, hidden_size=16, num_layers=1, num_components=2).prepare(x)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = m.loss(x)
+        loss.backward()
+        opt.step()
+    # events after the first: the first event's direction is a coin flip (log 2 more)
+    per_event = m.loss(x, reduction="none").detach()[:, 1:].mean()
+    assert float(per_event) < best + 0.35
+
+
+def test_fit_integration():
+    training = pytest.importorskip("mdnkit.training")
+    x, lengths = pad_sequences(_data(2, lengths=(6, 3, 9, 4, 8, 5, 7, 2)))
+    m = _model(pen_states=2)
+    with torch.no_grad():
+        before = float(m.prepare(x, lengths).loss(x, lengths))
+    hist = training.fit(m, x, lengths, epochs=5, batch_size=4, validation_split=0.0, seed=0)
+    assert len(hist.train_nll) >= 1
+    with torch.no_grad():
+        assert float(m.loss(x, lengths)) < before
+
+
+def test_io_round_trip(tmp_path):
+    io = pytest.importorskip("mdnkit.io")
+    m = _model(pen_states=3, cell="gru", covariance="full", d=3)
+    x, lengths = pad_sequences(_data(3, d=3))
+    m.prepare(x, lengths)
+    path = tmp_path / "rnn.mdn"
+    io.save(m, path)
+    m2 = io.load(path)
+    assert isinstance(m2, MDNRNN) and m2.config() == m.config()
+    torch.testing.assert_close(m2.scale, m.scale)
+    with torch.no_grad():
+        assert float(m2.loss(x, lengths)) == pytest.approx(float(m.loss(x, lengths)), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ ONNX
+@pytest.mark.skipif(not HAS_ORT, reason="onnx / onnxruntime not installed")
+@pytest.mark.parametrize(
+    "cell,covariance,pen_states",
+    [("lstm", "diagonal", 0), ("gru", "full", 2), ("lstm", "spherical", 3)],
+)
+def test_onnx_export_matches_pytorch(tmp_path, cell, covariance, pen_states):
+    from mdnkit.sequence import OnnxGenerator, export_onnx
+
+    m = _model(pen_states=pen_states, cell=cell, covariance=covariance, d=3)
+    seqs = _data(pen_states, lengths=(6, 6), d=3)
+    x, lengths = pad_sequences(seqs)
+    m.prepare(x, lengths)
+    path = tmp_path / "step.onnx"
+    export_onnx(m, path)
+    with torch.no_grad():
+        mix, pen, _ = m(x)
+    og = OnnxGenerator(path, batch=2, generator=4)
+    og.predict(None)
+    for t in range(6):
+        p = og.predict(x[:, t].numpy())
+        np.testing.assert_allclose(p["logits"], mix.logits[:, t].numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(p["loc"], mix.loc[:, t].numpy(), atol=1e-5, rtol=1e-5)
+        if covariance == "full":
+            np.testing.assert_allclose(
+                p["scale_tril"], mix.scale_tril[:, t].numpy(), atol=1e-5, rtol=1e-5
+            )
+        else:
+            want = mix.scale[:, t].expand(2, 3, 3).numpy()
+            np.testing.assert_allclose(p["scale"], want, atol=1e-5, rtol=1e-5)
+        if pen_states:
+            np.testing.assert_allclose(p["pen_logits"], pen[:, t].numpy(), atol=1e-5, rtol=1e-5)
+    # same seed, same events as the PyTorch model's generator (one stream and a batch)
+    for batch in (1, 3):
+        a = OnnxGenerator(path, batch=batch, temperature=0.7, generator=11).generate(25)
+        b = m.generate(25, batch=batch, temperature=0.7, generator=11).numpy()
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert isinstance(m.generator(), StepGenerator)
+
+
+def test_high_dimensional_events():
+    """D = 64: the loss is finite, the step generator follows the forward, shapes hold."""
+    torch.manual_seed(0)
+    m = MDNRNN(64, hidden_size=16, num_layers=1, num_components=2)
+    x = torch.randn(2, 5, 64) * 3.0
+    m.prepare(x)
+    with torch.no_grad():
+        assert torch.isfinite(m.loss(x))
+        mix, _, _ = m(x)
+    g = m.generator()
+    g.predict(None)
+    p = g.predict(x[0, 0].numpy())
+    np.testing.assert_allclose(p["loc"][0], mix.loc[0, 0].numpy(), atol=1e-5, rtol=1e-5)
+    assert m.generate(4, generator=0).shape == (1, 4, 64)
