@@ -196,8 +196,6 @@ def _cumsum_component_major(p: Tensor) -> Tensor:
     p = p.reshape(-1, k)
     if k > 64 or p.dtype not in (torch.float32, torch.float64):
         return p.cumsum(-1).t()
-    # Subnormal numbers make BLAS crawl: weights below 1e-30 of the largest count as zero.
-    p = torch.nn.functional.threshold(p, 1e-30, 0.0)
     return torch.ones(k, k, dtype=p.dtype, device=p.device).tril_() @ p.t()
 
 
@@ -506,13 +504,14 @@ class GaussianMixture(Distribution):
             t = temperature.unsqueeze(-1) if temperature.dim() else temperature
             safe_t = torch.where(t == 0, torch.ones_like(t), t)
             scaled = torch.where(torch.isinf(safe_t), torch.zeros_like(logits), logits / safe_t)
-        # Unnormalised weights exp(a - max a).  One global max is a cheap, vectorised reduction;
-        # rows whose weights would then underflow are redone with their own max.
-        top = scaled.amax() if scaled.numel() else scaled.new_zeros(())
-        cdf = _cumsum_component_major((scaled - top.nan_to_num(0.0, 0.0, 0.0)).exp_())  # (K, B)
-        if not bool((cdf[-1] > 1e-20).all()):
-            row = scaled.amax(-1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-            cdf = _cumsum_component_major((scaled - row).exp_())
+        # Unnormalised weights exp(a - max_k a), the exponent clamped at -87 (float32) or -708
+        # (float64) so that no weight is subnormal (subnormals make the matrix product crawl).
+        # A clamped weight (at most e^-87 of the row's largest, zero-weight components included)
+        # is never drawn: the threshold below is at least 2^-24 (float32 draws) of the row total, far
+        # above it, and added to a larger cumulative sum it rounds away.
+        arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+        arg = arg.clamp_min_(-87.0 if arg.dtype != torch.float64 else -708.0)
+        cdf = _cumsum_component_major(arg.exp_())  # (K, B)
         total = cdf[-1]
         # Threshold (1 - u) * total with u in [0, 1): in (0, total], so that rounding never picks
         # a component of zero weight; the index is the number of cumulative weights below it.
@@ -526,8 +525,8 @@ class GaussianMixture(Distribution):
             idx = below.view(torch.uint8).sum(0, dtype=torch.uint8).long()
         else:
             idx = below.sum(0)
+        # No clamp needed: the threshold never exceeds total = cdf[-1], so idx <= K - 1.
         idx = idx.reshape(shape)
-        idx = idx.clamp_(max=k - 1)
         if temperature.dim() and (temperature == 0).any():
             idx = torch.where(temperature.expand(shape) == 0, logits.argmax(-1).expand(shape), idx)
         return idx
