@@ -38,19 +38,44 @@ What differs from the classic layer (all of it bug fixes, nothing a correct prog
   returns the component mean, never NaN.
 
 The Keras backend (``torch``, ``jax`` or ``tensorflow``) is chosen by Keras itself, from the
-``KERAS_BACKEND`` environment variable set before Keras is first imported.
+``KERAS_BACKEND`` environment variable set before Keras is first imported, or from
+``~/.keras/keras.json``. One convenience: if neither names a backend other than Keras's default
+``tensorflow``, TensorFlow is not installed and Keras is not imported yet, importing this module
+selects ``torch`` (a dependency of mdnkit) instead of letting ``import keras`` fail.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import numbers
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-import keras
-import numpy as np
-from keras import layers, ops
+
+def _default_backend_to_torch() -> None:
+    """Pick the torch backend when Keras would otherwise pick an absent TensorFlow."""
+    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND"):
+        return
+    configured = "tensorflow"
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            configured = json.load(f).get("backend", configured)
+    except (OSError, ValueError, AttributeError):
+        pass
+    if configured == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+        os.environ["KERAS_BACKEND"] = "torch"
+
+
+_default_backend_to_torch()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 __all__ = [
     "MDN",
@@ -68,6 +93,12 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _NARROW_FLOATS = ("float16", "bfloat16")
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+try:  # how Keras finds a tensor's mask on every backend; without it, no loss fast path
+    from keras.src.backend.common.masking import get_keras_mask as _get_keras_mask
+except ImportError:  # pragma: no cover - other Keras versions
+    _get_keras_mask = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +323,16 @@ class MixtureNLL(keras.losses.Loss):
         self.num_mixes = k
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if (
+            sample_weight is None
+            and self.reduction in _MEAN_REDUCTIONS
+            and keras.backend.backend() != "tensorflow"  # keep TF's distribution scaling
+            and _get_keras_mask is not None
+            and _get_keras_mask(y_pred) is None
+        ):
+            # fast path, the same value as Keras's reduction: the plain mean of the losses
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            return ops.mean(self.call(ops.convert_to_tensor(y_true, dtype=self.dtype), y_pred))
         if sample_weight is not None:
             sample_weight = ops.convert_to_tensor(sample_weight)
             n_lead = len(y_pred.shape) - 1
@@ -299,7 +340,9 @@ class MixtureNLL(keras.losses.Loss):
                 # per-sequence weights (B,) for per-step losses (B, T): weight every step
                 while len(sample_weight.shape) < n_lead:
                     sample_weight = ops.expand_dims(sample_weight, -1)
-                sample_weight = ops.broadcast_to(sample_weight, tuple(ops.shape(y_pred)[:-1]))
+                # a real product, not a broadcast view: Keras later updates the weights in place
+                ones = ops.ones(tuple(ops.shape(y_pred)[:-1]), dtype=sample_weight.dtype)
+                sample_weight = sample_weight * ones
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
@@ -553,6 +596,47 @@ def _categorical_rows(probs: np.ndarray, rng: Any) -> np.ndarray:
     return np.minimum(np.sum(cum <= u[:, None], axis=-1), probs.shape[-1] - 1)
 
 
+# Rows are processed in blocks of this many, so that the (K, block) work arrays stay in cache.
+_BLOCK = 16384
+
+
+def _sample_block(
+    flat: np.ndarray,
+    d: int,
+    k: int,
+    temp: float,
+    scale: float,
+    u: np.ndarray | None,
+    z: np.ndarray | None,
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """Draw one sample per row of a contiguous block ``flat`` (n, P); see sample_from_output.
+
+    Works on the logits transposed to (K, n), so every step is one vectorised operation over
+    the rows, with a loop over the K components only. ``offsets[i] = i * P``."""
+    n = flat.shape[0]
+    weights = flat[:, 2 * k * d :].T.astype(np.float64, order="C")  # (K, n), contiguous copy
+    if u is None:  # greedy
+        idx = np.argmax(weights, axis=0)
+    else:
+        weights -= weights.max(axis=0)
+        if temp != 1.0:
+            weights /= temp
+        np.exp(weights, out=weights)
+        for j in range(1, k):  # running sum: weights[j] = sum_{i <= j} exp(...)
+            weights[j] += weights[j - 1]
+        # idx = #{j < K-1 : cum_j <= u * total}: the first j with cum_j > u * total
+        idx = np.count_nonzero(weights[:-1] <= u * weights[-1], axis=0)
+    col = offsets[:n] + idx * d  # flat position of mu_{idx, 0} in each row
+    values = flat.reshape(-1)
+    if d > 1:
+        col = col[:, None] + np.arange(d)
+    out = values[col].astype(np.float64)
+    if z is not None:
+        out += scale * values[col + k * d] * (z[:, 0] if d == 1 else z)
+    return out.reshape(n, d)
+
+
 def sample_from_categorical(dist: Any, seed: _Seed = None) -> Any:
     """Draw an index from a categorical distribution with probabilities ``dist``.
 
@@ -618,22 +702,35 @@ def sample_from_output(
         raise ValueError(f"temp must be >= 0, found {temp!r}")
     if not (sigma_temp >= 0 and math.isfinite(sigma_temp)):
         raise ValueError(f"sigma_temp must be finite and >= 0, found {sigma_temp!r}")
-    arr = np.asarray(params, dtype=np.float64)
+    arr = np.asarray(params)
     if arr.ndim == 0 or arr.shape[-1] != p:
         raise _wrong_size(arr.shape, d, k)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
     lead = arr.shape[:-1]
-    flat = arr.reshape(-1, p)
+    flat = np.ascontiguousarray(arr.reshape(-1, p))
     n = flat.shape[0]
-    rows = np.arange(n)
-    mus = flat[:, : k * d].reshape(n, k, d)
-    sigs = flat[:, k * d : 2 * k * d].reshape(n, k, d)
-    logits = flat[:, 2 * k * d :]
+    if seed is None and n >= 256:
+        # a fast Generator seeded from NumPy's global state: np.random.seed still applies
+        seed = np.random.default_rng(np.random.randint(0, 2**31, size=4))  # noqa: NPY002
     rng = _rng(seed)
-    if temp == 0.0 or k == 1:
-        idx = np.argmax(logits, axis=-1)
-    else:
-        idx = _categorical_rows(softmax(logits, t=temp), rng)
-    out = mus[rows, idx]
-    if sigma_temp > 0.0:
-        out = out + math.sqrt(sigma_temp) * sigs[rows, idx] * rng.standard_normal((n, d))
+    greedy = temp == 0.0 or k == 1
+    u = None if greedy else _uniform(rng, n)
+    z = rng.standard_normal((n, d)) if sigma_temp > 0.0 else None
+    scale = math.sqrt(sigma_temp)
+    out = np.empty((n, d))
+    offsets = np.arange(0, min(n, _BLOCK) * p, p)
+    with np.errstate(over="ignore", under="ignore"):
+        for s in range(0, n, _BLOCK):
+            e = min(s + _BLOCK, n)
+            out[s:e] = _sample_block(
+                flat[s:e],
+                d,
+                k,
+                temp,
+                scale,
+                None if u is None else u[s:e],
+                None if z is None else z[s:e],
+                offsets,
+            )
     return out.reshape(lead + (d,))

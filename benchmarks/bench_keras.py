@@ -1,0 +1,188 @@
+"""Benchmark the Keras front against keras-mdn-layer 1.0.0 on the same Keras backend.
+
+1. Training: the course's 510-parameter model (Dense 15 - Dense 15 - MDN(1, 5), rmsprop) on the
+   inverted-sine task (3000 points, batch 128, 15 % validation), same data, same initial
+   weights, same epochs, with ``mdnkit.keras`` and with ``keras_mdn_layer``. The two trainings
+   run interleaved in chunks of epochs (A B B A ...), so a busy machine slows both alike; wall
+   and process CPU time are reported. Target: no slower.
+2. Sampling: classic ``sample_from_output`` row by row (a Python loop, as the course does) vs
+   one vectorised ``mdnkit.keras.sample_from_output`` call over many rows. Target: >= 1000x
+   faster per row.
+
+Prints a markdown table. Runs on whatever ``KERAS_BACKEND`` is set (torch if unset)::
+
+    python benchmarks/bench_keras.py            # 200 epochs, as the classic example
+    python benchmarks/bench_keras.py --quick    # 20 epochs, fewer rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mdnkit import keras as mdn  # noqa: E402
+
+try:
+    import keras_mdn_layer as classic
+except ImportError:  # pragma: no cover - optional comparison
+    classic = None
+
+N_MIXES = 5
+
+
+def inverted_sine(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """y ~ U(-10.5, 10.5), x = 7 sin(0.75 y) + 0.5 y + N(0, 1); predict y from x."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-10.5, 10.5, (n, 1))
+    x = 7.0 * np.sin(0.75 * y) + 0.5 * y + rng.standard_normal((n, 1))
+    return x.astype("float32"), y.astype("float32")
+
+
+def course_model(module) -> keras.Sequential:
+    model = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(15, activation="relu"),
+            keras.layers.Dense(15, activation="relu"),
+            module.MDN(1, N_MIXES),
+        ]
+    )
+    model.compile(loss=module.get_mixture_loss_func(1, N_MIXES), optimizer="rmsprop")
+    return model
+
+
+def train_interleaved(impls, init_weights, data, epochs: int, rounds: int) -> dict:
+    """Train one model per implementation for ``epochs`` epochs in ``rounds`` alternating
+    chunks (A, B, B, A, ...), so that changes in machine load hit both alike. Returns, per
+    implementation, wall seconds, process CPU seconds and the test NLL per point (the same
+    SciPy-checked formula for both: mdnkit's per-sample loss)."""
+    (x, y), (xt, yt) = data
+    models = {}
+    for name, module in impls:
+        keras.utils.set_random_seed(0)
+        models[name] = course_model(module)
+        models[name].set_weights(init_weights)
+        models[name].fit(x[:256], y[:256], batch_size=128, epochs=1, verbose=0)  # warm up
+        models[name].set_weights(init_weights)
+    wall = dict.fromkeys(models, 0.0)
+    cpu = dict.fromkeys(models, 0.0)
+    chunk = epochs // rounds
+    for r in range(rounds):
+        order = list(models) if r % 2 == 0 else list(reversed(models))
+        for name in order:
+            w0, c0 = time.perf_counter(), time.process_time()
+            models[name].fit(x, y, batch_size=128, epochs=chunk, validation_split=0.15, verbose=0)
+            wall[name] += time.perf_counter() - w0
+            cpu[name] += time.process_time() - c0
+        print(
+            f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {wall[n]:.1f} s" for n in models),
+            file=sys.stderr,
+            flush=True,
+        )
+    nll_fn = mdn.get_mixture_loss_func(1, N_MIXES)
+    return {
+        name: (
+            wall[name],
+            cpu[name],
+            float(keras.ops.mean(nll_fn.call(yt, keras.ops.convert_to_numpy(model(xt))))),
+        )
+        for name, model in models.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark mdnkit.keras vs keras-mdn-layer.")
+    parser.add_argument("--quick", action="store_true", help="20 epochs, fewer sampling rows")
+    args = parser.parse_args(argv)
+    epochs = 20 if args.quick else 200
+    rounds = 10 if args.quick else 20
+    rows_classic = 1000 if args.quick else 3000
+    rows_ours = 50_000 if args.quick else 200_000
+
+    data = (inverted_sine(3000, seed=0), inverted_sine(2000, seed=1))
+    keras.utils.set_random_seed(0)
+    init = course_model(mdn).get_weights()
+    rows = []
+
+    # --- training, interleaved in chunks ------------------------------------------------
+    impls = [("mdnkit.keras", mdn)] + ([("keras-mdn-layer 1.0.0", classic)] if classic else [])
+    results = train_interleaved(impls, init, data, epochs, rounds)
+    for name, (wall, cpu, nll) in results.items():
+        rows.append(
+            (
+                f"train course model, {epochs} epochs ({name})",
+                f"{wall:.2f} s wall, {cpu:.2f} s CPU",
+                f"test NLL {nll:.3f}",
+            )
+        )
+    if classic:
+        ours, theirs = results["mdnkit.keras"], results["keras-mdn-layer 1.0.0"]
+        rows.append(
+            (
+                "training time ratio mdnkit / classic",
+                f"{ours[0] / theirs[0]:.2f} wall, {ours[1] / theirs[1]:.2f} CPU",
+                "target <= 1",
+            )
+        )
+
+    # --- sampling: the same float32 predictions for both; rounds interleaved ----------------
+    rng = np.random.default_rng(0)
+    model = course_model(mdn)
+    model.set_weights(init)
+    xs = rng.uniform(-15, 15, (rows_ours, 1)).astype("float32")
+    preds = keras.ops.convert_to_numpy(model.predict(xs, batch_size=8192, verbose=0))
+    mdn.sample_from_output(preds[:1000], 1, N_MIXES)  # warm up
+    ours, theirs = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        mdn.sample_from_output(preds, 1, N_MIXES, temp=1.0)  # seed=None: NumPy's global state
+        ours.append((time.perf_counter() - start) / rows_ours * 1e6)
+        if classic:
+            start = time.perf_counter()
+            np.apply_along_axis(
+                classic.sample_from_output, 1, preds[:rows_classic], 1, N_MIXES, temp=1.0
+            )
+            theirs.append((time.perf_counter() - start) / rows_classic * 1e6)
+    ours_us = statistics.median(ours)
+    rows.append(
+        (
+            f"sample_from_output, one call on {rows_ours} rows (mdnkit.keras)",
+            f"{ours_us * 1000:.0f} ns/row",
+            "median of 5",
+        )
+    )
+    if classic:
+        classic_us = statistics.median(theirs)
+        rows.append(
+            (
+                f"sample_from_output, per row on {rows_classic} rows (keras-mdn-layer)",
+                f"{classic_us:.1f} us/row",
+                "median of 5, np.apply_along_axis as in the course",
+            )
+        )
+        rows.append(
+            ("sampling speed-up per row", f"{classic_us / ours_us:,.0f}x", "target >= 1000x")
+        )
+
+    print(
+        f"Keras {keras.__version__}, backend {keras.backend.backend()}, "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"{'quick' if args.quick else 'full'} run\n"
+    )
+    print("| measurement | result | note |")
+    print("|---|---|---|")
+    for what, result, note in rows:
+        print(f"| {what} | {result} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
