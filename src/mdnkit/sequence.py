@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -55,6 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._files import atomic_path
 from .head import MDNHead, ScaleTransform, _scale_forward
 from .mixture import CovarianceType, GaussianMixture
 
@@ -1163,11 +1163,7 @@ def export_onnx(model: MDNRNN, path: str | os.PathLike, opset: int = 18) -> None
     for n in out_names[:-2] if m.cell == "lstm" else out_names[:-1]:
         dyn_axes[n] = {0: "batch"}
     dyn_axes = {k: v for k, v in dyn_axes.items() if k in in_names + out_names}
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:
         kwargs = dict(
             input_names=in_names,
             output_names=out_names,
@@ -1196,11 +1192,6 @@ def export_onnx(model: MDNRNN, path: str | os.PathLike, opset: int = 18) -> None
         entry = proto.metadata_props.add()
         entry.key, entry.value = "mdnkit", json.dumps(m.config())
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class OnnxGenerator(_GeneratorBase):

@@ -1,0 +1,495 @@
+"""Ready networks: :class:`MDN`, a multilayer perceptron ending in an :class:`~mdnkit.MDNHead`.
+
+The model keeps the standardisation of its inputs and targets inside (buffers ``x_mean``,
+``x_std``, ``y_mean``, ``y_std``, set by :meth:`MDN.prepare`), so that its ``forward`` takes
+inputs in the data's units and returns a :class:`~mdnkit.GaussianMixture` in the data's units:
+a negative log-likelihood computed with it is comparable with any other model's.
+
+(The recurrent MDN-RNN lives in :mod:`mdnkit.sequence`.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .head import MDNHead, ScaleTransform
+from .loss import mdn_loss
+from .mixture import CovarianceType, GaussianMixture
+
+__all__ = ["MDN", "Activation"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _transform(raw: Tensor, kind: str, floor: float) -> tuple[Tensor, Tensor]:
+    """Scale transform of the head and its derivative: (sigma, d sigma / d raw)."""
+    if kind == "softplus":
+        return F.softplus(raw) + floor, torch.sigmoid(raw)
+    if kind == "exp":
+        e = torch.exp(raw.clamp(max=80.0))
+        return e + floor, e
+    pos = raw > 0
+    e = torch.exp(raw.clamp(max=0.0))
+    return torch.where(pos, raw + 1.0, e) + floor, torch.where(pos, torch.ones_like(e), e)
+
+
+def _flat_nll(
+    params: Tensor,
+    z: Tensor,
+    k: int,
+    d: int,
+    spherical: bool,
+    kind: str,
+    floor: float,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Mean NLL of ``z`` under the flat head parameters and, if ``need_grad``, its gradient
+    with respect to ``params`` (formulas in :class:`_FlatDiagonalNLL`)."""
+    n_loc = k * d
+    n_sc = k if spherical else k * d
+    lead = params.shape[:-1]
+    # contiguous copies: element-wise CPU kernels on strided slices are several times slower
+    loc = params[..., :n_loc].reshape(*lead, k, d).contiguous()
+    raw = params[..., n_loc : n_loc + n_sc].reshape(*lead, k, 1 if spherical else d)
+    raw = raw.contiguous()
+    logits = params[..., n_loc + n_sc :].contiguous()
+    sigma, dsigma = _transform(raw, kind, floor)
+    inv = sigma.reciprocal()
+    u = (z.unsqueeze(-2) - loc) * inv
+    uu = u * u
+    if spherical:
+        uu_sum = uu.sum(-1)
+        comp = d * inv.log().squeeze(-1) - 0.5 * uu_sum
+    elif d == 1:
+        comp = (inv.log() - 0.5 * uu).squeeze(-1)
+    else:
+        comp = inv.log().sum(-1) - 0.5 * uu.sum(-1)
+    # log pi = log_softmax(a); t = log pi + c; log r = log_softmax(t) = t - log p(z), so
+    # -log p(z) = sum_k r_k (log r_k - t_k): exact, and components of tiny r_k do not matter.
+    log_pi = torch.log_softmax(logits, -1)
+    t = log_pi + comp
+    log_r = torch.log_softmax(t, -1)
+    r = log_r.exp()
+    out = ((log_r - t) * r).sum(-1).mean() + 0.5 * d * _LOG_2PI
+    if not need_grad:
+        return out, None
+    w = 1.0 / r[..., 0].numel()
+    d_logits = (log_pi.exp() - r) * w
+    ri = (r * w).unsqueeze(-1) * inv
+    d_loc = -ri * u
+    if spherical:
+        d_raw = ri * (d - uu_sum.unsqueeze(-1)) * dsigma
+    else:
+        d_raw = ri * (1.0 - uu) * dsigma
+    grad = torch.cat((d_loc.reshape(*lead, -1), d_raw.reshape(*lead, -1), d_logits), dim=-1)
+    return out, grad
+
+
+class _FlatDiagonalNLL(torch.autograd.Function):
+    r"""Mean NLL of standardised targets ``z`` ``(N, D)`` straight from the head's flat
+    parameters ``(N, P)`` (diagonal or spherical components): the training loop's hot path.
+
+    With :math:`u_k = (z - \mu_k)/\sigma_k`, responsibilities :math:`r_k` and weights
+    :math:`\pi_k`, the per-row NLL is :math:`-\operatorname{lse}_k(a_k + c_k) +
+    \operatorname{lse}_k a_k + \tfrac D2\log 2\pi` with
+    :math:`c_k = -\sum_d \log\sigma_{kd} - \tfrac12\lVert u_k\rVert^2`, and its gradients
+    are :math:`\pi_k - r_k` (logits), :math:`-r_k u_k/\sigma_k` (means),
+    :math:`-r_k(u_k^2 - 1)/\sigma_k` (scales, summed over d for spherical ones), times the
+    scale transform's derivative.  The gradient is formed in the forward pass from the
+    intermediate values (no recomputation), so the backward pass is one multiplication; it is
+    not differentiable twice (use ``mdn_loss(model.standardized_mixture(x), z)`` for that).
+    """
+
+    @staticmethod
+    def forward(
+        ctx, params: Tensor, z: Tensor, k: int, d: int, spherical: bool, kind: str, floor: float
+    ) -> Tensor:
+        out, grad = _flat_nll(
+            params, z, k, d, spherical, kind, floor, need_grad=ctx.needs_input_grad[0]
+        )
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (d_params,) = ctx.saved_tensors
+        return d_params * grad, None, None, None, None, None, None
+
+
+Activation = Literal["tanh", "relu", "elu", "gelu", "silu", "sigmoid", "softplus", "leaky_relu"]
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+# activation -> (function, derivative expressed through the activation's output a)
+_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+_DERIVATIVES = {
+    "tanh": lambda a: 1.0 - a * a,
+    "relu": lambda a: (a > 0).to(a.dtype),
+    "sigmoid": lambda a: a * (1.0 - a),
+}
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, found {v!r}")
+    return int(v)
+
+
+def _as_float_tensor(name: str, v: Any, dtype: torch.dtype) -> Tensor:
+    if isinstance(v, Tensor):
+        t = v.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(v, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} must be a tensor or array of numbers, found {type(v).__name__}"
+            ) from err
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16)):
+        raise TypeError(f"{name} must hold real numbers, found dtype {t.dtype}")
+    return t.to(dtype)
+
+
+class MDN(nn.Module):
+    r"""A multilayer perceptron with a mixture density head, in the data's units.
+
+    .. math::
+
+        \tilde x = (x - \bar x) / s_x, \qquad
+        h = f_L(\dots f_1(\tilde x)), \qquad
+        p(\tilde y \mid x) = \sum_k \pi_k(h)\, \mathcal{N}(\tilde y \mid \mu_k(h), \Sigma_k(h)),
+
+    with :math:`\tilde y = (y - \bar y) / s_y` and each :math:`f_i` a linear layer followed by
+    the activation (and dropout).  :meth:`forward` maps the mixture back to the data's units,
+    :math:`y = \bar y + S\tilde y` with :math:`S = \operatorname{diag}(s_y)`:
+
+    * means :math:`\bar y + S\mu_k`;
+    * diagonal scales :math:`s_{y,d}\,\sigma_{k,d}`;
+    * full covariances: Cholesky factors :math:`S L_k` (row :math:`d` of :math:`L_k` times
+      :math:`s_{y,d}`, still lower-triangular with a positive diagonal);
+    * spherical components stay spherical only under a *common* scale, so for
+      ``covariance="spherical"`` the targets are standardised with one scale for every
+      dimension, :math:`s_y = \sqrt{\tfrac1D\sum_d \operatorname{Var}(y_d)}` (the root mean
+      variance), and the raw-unit scale is :math:`s_y\sigma_k`.
+
+    The log-density changes by the Jacobian of the affine map, so
+    :math:`\log p(y\mid x) = \log p(\tilde y\mid x) - \sum_d \log s_{y,d}` exactly: the NLL
+    returned by :meth:`loss` is in the data's units, comparable with anyone's.
+
+    Args:
+        in_features: size of the input x.
+        out_features: D, size of the target y.
+        hidden: sizes of the hidden layers (``()`` for none: the head sees the inputs).
+        activation: hidden-layer activation, one of ``tanh``, ``relu``, ``elu``, ``gelu``,
+            ``silu``, ``sigmoid``, ``softplus``, ``leaky_relu``.
+        num_components: K, the number of mixture components.
+        covariance: ``"diagonal"``, ``"spherical"`` or ``"full"``.
+        scale_transform: ``"softplus"``, ``"exp"`` or ``"elu"`` (see :class:`~mdnkit.MDNHead`).
+        min_scale: floor of the component scales, in *standardised* units.
+        dropout: dropout probability after each hidden activation (0 for none).
+
+    Example:
+        >>> import torch
+        >>> from mdnkit import MDN, fit
+        >>> y = torch.empty(500, 1).uniform_(-10.5, 10.5)
+        >>> x = 7 * torch.sin(0.75 * y) + 0.5 * y + torch.randn(500, 1)
+        >>> model = MDN(1, 1, hidden=(15, 15), num_components=10)
+        >>> history = fit(model, x, y, epochs=5, seed=0, progress=False)
+        >>> mixture = model(x[:3])            # a GaussianMixture in y's units
+        >>> mixture.batch_shape, mixture.sample(generator=0).shape
+        (torch.Size([3]), torch.Size([3, 1]))
+    """
+
+    x_mean: Tensor
+    x_std: Tensor
+    y_mean: Tensor
+    y_std: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] | int = (64, 64),
+        activation: Activation = "tanh",
+        num_components: int = 5,
+        covariance: CovarianceType = "diagonal",
+        scale_transform: ScaleTransform = "softplus",
+        min_scale: float = 1e-3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+            hidden = (int(hidden),)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise TypeError(
+                f"hidden must be a sequence of layer sizes, found {type(hidden).__name__}"
+            )
+        self.hidden = tuple(_positive_int("each hidden layer size", h) for h in hidden)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, found {activation!r}"
+            )
+        self.activation = activation
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise TypeError(f"dropout must be a number in [0, 1), found {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), found {dropout!r}")
+        self.dropout = float(dropout)
+        layers: list[nn.Module] = []
+        width = self.in_features
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+            if self.dropout > 0:
+                layers.append(nn.Dropout(self.dropout))
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = MDNHead(
+            width,
+            self.out_features,
+            num_components,
+            covariance=covariance,
+            scale_transform=scale_transform,
+            min_scale=min_scale,
+        )
+        self.register_buffer("x_mean", torch.zeros(self.in_features))
+        self.register_buffer("x_std", torch.ones(self.in_features))
+        self.register_buffer("y_mean", torch.zeros(self.out_features))
+        self.register_buffer("y_std", torch.ones(self.out_features))
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def num_components(self) -> int:
+        """K, the number of mixture components."""
+        return self.head.num_components
+
+    @property
+    def covariance(self) -> str:
+        """The covariance type of the components."""
+        return self.head.covariance
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments as a JSON-able dict: ``MDN(**model.config())`` rebuilds it."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "num_components": self.head.num_components,
+            "covariance": self.head.covariance,
+            "scale_transform": self.head.scale_transform,
+            "min_scale": self.head.min_scale,
+            "dropout": self.dropout,
+        }
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    # ------------------------------------------------------------------ data handling
+    def _check_x(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            x = _as_float_tensor("x", x, self.x_mean.dtype).to(self.x_mean.device)
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"expected inputs of shape (..., in_features={self.in_features}), "
+                f"found shape {tuple(x.shape)}"
+            )
+        if x.dtype != self.x_mean.dtype:
+            x = x.to(self.x_mean.dtype)
+        return x
+
+    def _check_y(self, y: Tensor, x: Tensor) -> Tensor:
+        if not isinstance(y, Tensor):
+            y = _as_float_tensor("y", y, self.y_mean.dtype).to(self.y_mean.device)
+        if self.out_features == 1 and y.dim() == x.dim() - 1 and y.shape == x.shape[:-1]:
+            y = y.unsqueeze(-1)
+        if y.dim() < 1 or y.shape[-1] != self.out_features:
+            raise ValueError(
+                f"expected targets of shape (..., out_features={self.out_features}), "
+                f"found shape {tuple(y.shape)}"
+            )
+        if y.dtype != self.y_mean.dtype:
+            y = y.to(self.y_mean.dtype)
+        return y
+
+    @torch.no_grad()
+    def prepare(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> MDN:
+        r"""Set the scaling buffers from training data and spread the head's initial components.
+
+        :math:`\bar x, s_x` and :math:`\bar y, s_y` are the column means and standard deviations
+        (a constant column gets scale 1); for spherical components :math:`s_y` is the common
+        root-mean-variance scale.  Then, when there are at least K rows,
+        :meth:`MDNHead.init_from_data` places the components on the standardised targets.  :func:`mdnkit.fit` calls this once (``prepare=True``).
+        """
+        dt = self.x_mean.dtype
+        x = _as_float_tensor("x", x, torch.float64).cpu()
+        y = _as_float_tensor("y", y, torch.float64).cpu()
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"expected x of shape (N, {self.in_features}), found {tuple(x.shape)}")
+        if self.out_features == 1 and y.dim() == 1:
+            y = y.unsqueeze(-1)
+        if y.dim() != 2 or y.shape[1] != self.out_features:
+            raise ValueError(
+                f"expected y of shape (N, {self.out_features}), found {tuple(y.shape)}"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x and y have different numbers of rows: {x.shape[0]} and {y.shape[0]}"
+            )
+        if x.shape[0] < 1:
+            raise ValueError("need at least one training row, found 0")
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise ValueError("training data contain NaN or inf")
+        n = x.shape[0]
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        x_std = x.std(0, correction=0) if n > 1 else torch.ones_like(x_mean)
+        y_std = y.std(0, correction=0) if n > 1 else torch.ones_like(y_mean)
+        if self.head.covariance == "spherical":
+            y_std = y_std.square().mean().sqrt().expand_as(y_std).clone()
+        x_std = torch.where(x_std > 1e-12 * (1 + x_mean.abs()), x_std, torch.ones_like(x_std))
+        y_std = torch.where(y_std > 1e-12 * (1 + y_mean.abs()), y_std, torch.ones_like(y_std))
+        self.x_mean.copy_(x_mean.to(dt))
+        self.x_std.copy_(x_std.to(dt))
+        self.y_mean.copy_(y_mean.to(dt))
+        self.y_std.copy_(y_std.to(dt))
+        if n >= self.head.num_components:
+            self.head.init_from_data((y - y_mean) / y_std, generator=0)
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def standardized_params(self, x: Tensor) -> Tensor:
+        """Flat mixture parameters of the *standardised* target for raw inputs ``x``."""
+        x = self._check_x(x)
+        return self.head.params(self.body((x - self.x_mean) / self.x_std))
+
+    def standardized_mixture(self, x: Tensor) -> GaussianMixture:
+        r"""The mixture over the standardised target :math:`\tilde y = (y - \bar y)/s_y`."""
+        return self.head.mixture(self.standardized_params(x))
+
+    def forward(self, x: Tensor) -> GaussianMixture:
+        """The predictive mixture :math:`p(y \\mid x)` in the target's units, batch shape ``x.shape[:-1]``."""
+        m = self.standardized_mixture(x)
+        ys, ym = self.y_std.to(m.loc.dtype), self.y_mean.to(m.loc.dtype)
+        loc = m.loc * ys + ym
+        if m.scale_tril is not None:
+            return GaussianMixture(
+                m.logits, loc, scale_tril=m.scale_tril * ys.unsqueeze(-1), validate_args=False
+            )
+        # spherical scales have a last dimension of 1 and a common y_std
+        scale = m.scale * (ys if m.scale.shape[-1] == ys.shape[-1] else ys[:1])
+        return GaussianMixture(m.logits, loc, scale, validate_args=False)
+
+    def loss(self, x: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+        r"""Mean negative log-likelihood of ``y`` given ``x``, in the target's units.
+
+        Computed on the standardised scale and corrected by the Jacobian:
+        :math:`-\log p(y\mid x) = -\log p(\tilde y\mid x) + \sum_d \log s_{y,d}`.
+        ``weight`` (optional, broadcast to the batch shape) weights the rows.
+        """
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        z = (y - self.y_mean) / self.y_std
+        head = self.head
+        params = self.standardized_params(x)
+        if weight is None and head.covariance != "full" and z.shape[:-1] == params.shape[:-1]:
+            if params.dtype in (torch.float16, torch.bfloat16):
+                params = params.float()
+            nll = _FlatDiagonalNLL.apply(
+                params,
+                z.to(params.dtype),
+                head.num_components,
+                head.out_features,
+                head.covariance == "spherical",
+                head.scale_transform,
+                head.min_scale,
+            )
+        else:
+            nll = mdn_loss(head.mixture(params), z, weight=weight)
+        return nll + self.y_std.log().sum()
+
+    def _fast_grads_ok(self) -> bool:
+        """Whether :meth:`_loss_and_grads` applies (see there)."""
+        return (
+            self.dropout == 0.0
+            and self.activation in _DERIVATIVES
+            and self.head.covariance != "full"
+            and all(p.requires_grad for p in self.parameters())
+        )
+
+    @torch.no_grad()
+    def _loss_and_grads(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""The training loss of :meth:`loss` and its gradients, written into every
+        parameter's ``.grad``, by a hand-written backward pass (no autograd graph): the fast
+        path of :func:`mdnkit.fit` for 2-D inputs, no dropout, ``tanh``/``relu``/``sigmoid``
+        activations and diagonal or spherical components.
+
+        With :math:`h_0 = \tilde x`, :math:`h_l = f(W_l h_{l-1} + b_l)` and the head's
+        :math:`\theta = W h_L + b`, the gradient :math:`G = \partial L/\partial\theta` comes from
+        :func:`_flat_nll`; then :math:`\partial W = G^\top h`, :math:`\partial b = \sum G`,
+        :math:`G \leftarrow (G W) \odot f'(h)` layer by layer.  Returns the loss (a 0-dim tensor).
+        """
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        if x.dim() != 2:
+            raise ValueError(f"the fast path needs 2-D inputs, found shape {tuple(x.shape)}")
+        deriv = _DERIVATIVES[self.activation]
+        act = _FUNCTIONS[self.activation]
+        linears = [m for m in self.body if isinstance(m, nn.Linear)]
+        h = (x - self.x_mean) / self.x_std
+        hs = [h]
+        for lin in linears:
+            h = act(torch.addmm(lin.bias, h, lin.weight.t()))
+            hs.append(h)
+        head = self.head
+        proj = head.proj
+        params = torch.addmm(proj.bias, h, proj.weight.t())
+        z = (y - self.y_mean) / self.y_std
+        nll, g = _flat_nll(
+            params,
+            z.to(params.dtype),
+            head.num_components,
+            head.out_features,
+            head.covariance == "spherical",
+            head.scale_transform,
+            head.min_scale,
+            need_grad=True,
+        )
+        assert g is not None
+        proj.weight.grad = g.t().mm(h)
+        proj.bias.grad = g.sum(0)
+        w = proj.weight
+        for i in range(len(linears) - 1, -1, -1):
+            lin = linears[i]
+            g = g.mm(w) * deriv(hs[i + 1])
+            lin.weight.grad = g.t().mm(hs[i])
+            lin.bias.grad = g.sum(0)
+            w = lin.weight
+        return nll + self.y_std.log().sum()
+
+    @torch.no_grad()
+    def nll(self, x: Tensor, y: Tensor) -> float:
+        """Mean NLL (nats per row, target units) as a float, in evaluation mode."""
+        was = self.training
+        self.eval()
+        try:
+            return float(self.loss(x, y))
+        finally:
+            self.train(was)

@@ -1,0 +1,222 @@
+"""Tests of mdnkit.models.MDN: raw-unit mixtures against SciPy and closed forms, the fast loss
+against the generic mixture loss, configuration, validation and the inverted-sine target."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mdnkit import mdn_loss
+from mdnkit.models import MDN
+from mdnkit.training import fit
+
+
+def _sine(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(n, 1, generator=g) * 21 - 10.5
+    x = 7 * torch.sin(0.75 * y) + 0.5 * y + torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def _prepared(d: int, covariance: str, seed: int = 0, transform: str = "softplus") -> tuple:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(rng.normal(2.0, 3.0, (64, 3)))
+    y = torch.as_tensor(rng.normal(0, 1, (64, d)) * np.arange(1, d + 1) * 4.0 + 7.0)
+    m = MDN(3, d, hidden=(8,), num_components=3, covariance=covariance, scale_transform=transform)
+    m = m.double()
+    m.prepare(x, y)
+    # perturb the head so that components differ from their data-driven start
+    with torch.no_grad():
+        m.head.proj.weight.add_(0.3 * torch.randn_like(m.head.proj.weight))
+    return m, x, y
+
+
+def test_prepare_sets_scaling_from_data():
+    m, x, y = _prepared(2, "diagonal")
+    np.testing.assert_allclose(m.x_mean.numpy(), x.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m.x_std.numpy(), x.numpy().std(0), rtol=1e-12)
+    np.testing.assert_allclose(m.y_mean.numpy(), y.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m.y_std.numpy(), y.numpy().std(0), rtol=1e-12)
+
+
+def test_spherical_uses_one_common_scale_and_stays_spherical():
+    m, x, y = _prepared(3, "spherical")
+    common = math.sqrt(float(np.mean(y.numpy().var(0))))
+    np.testing.assert_allclose(m.y_std.numpy(), [common] * 3, rtol=1e-12)
+    mix = m(x[:5])
+    assert mix.covariance_type == "spherical"
+    # raw-unit covariance is s^2 times the standardised one
+    std_cov = m.standardized_mixture(x[:5]).component_covariance
+    np.testing.assert_allclose(
+        mix.component_covariance.detach().numpy(), common**2 * std_cov.detach().numpy(), rtol=1e-10
+    )
+
+
+def test_diagonal_log_prob_matches_scipy_in_raw_units():
+    m, x, y = _prepared(1, "diagonal")
+    with torch.no_grad():
+        std = m.standardized_mixture(x)
+        w = std.weights.numpy()
+        mu = std.loc[..., 0].numpy() * m.y_std.item() + m.y_mean.item()
+        sd = std.scale[..., 0].numpy() * m.y_std.item()
+        ours = m(x).log_prob(y).numpy()
+    ref = np.log((w * stats.norm.pdf(y.numpy(), mu, sd)).sum(-1))
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_full_covariance_matches_scipy_in_raw_units():
+    m, x, y = _prepared(2, "full")
+    s = np.diag(m.y_std.numpy())
+    with torch.no_grad():
+        std = m.standardized_mixture(x)
+        mix = m(x)
+        ours = mix.log_prob(y).numpy()
+        cov_std = std.component_covariance.numpy()
+        w = std.weights.numpy()
+        mu = std.loc.numpy() @ s + m.y_mean.numpy()
+    np.testing.assert_allclose(
+        mix.component_covariance.detach().numpy(), s @ cov_std @ s, rtol=1e-10, atol=1e-12
+    )
+    for i in range(5):
+        ref = np.log(
+            sum(
+                w[i, k] * stats.multivariate_normal(mu[i, k], s @ cov_std[i, k] @ s).pdf(y[i])
+                for k in range(3)
+            )
+        )
+        assert ours[i] == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "spherical", "full"])
+def test_raw_nll_is_standardised_nll_plus_log_scales(covariance):
+    m, x, y = _prepared(3, covariance)
+    with torch.no_grad():
+        z = (y - m.y_mean) / m.y_std
+        std_nll = -m.standardized_mixture(x).log_prob(z).mean().item()
+        raw_nll = -m(x).log_prob(y).mean().item()
+        loss = m.loss(x, y).item()
+    closed = std_nll + float(np.log(m.y_std.numpy()).sum())
+    assert raw_nll == pytest.approx(closed, rel=1e-10)
+    assert loss == pytest.approx(closed, rel=1e-10)
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "spherical"])
+@pytest.mark.parametrize("transform", ["softplus", "exp", "elu"])
+@pytest.mark.parametrize("d", [1, 2])
+def test_fast_loss_matches_generic_loss_and_gradients(covariance, transform, d):
+    m, x, y = _prepared(d, covariance, transform=transform)
+    params = list(m.parameters())
+    fast = m.loss(x, y)
+    g_fast = torch.autograd.grad(fast, params)
+    generic = mdn_loss(m(x), y)
+    g_gen = torch.autograd.grad(generic, params)
+    assert fast.item() == pytest.approx(generic.item(), rel=1e-12)
+    for a, b in zip(g_fast, g_gen):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_loss_matches_weighted_mean():
+    m, x, y = _prepared(1, "diagonal")
+    w = torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        per_row = -m(x).log_prob(y)
+        ours = m.loss(x, y, weight=w).item()
+    assert ours == pytest.approx(float((w * per_row).sum() / w.sum()), rel=1e-10)
+
+
+def test_config_round_trip_and_json():
+    m = MDN(4, 2, hidden=(7, 5), activation="relu", num_components=3, covariance="full")
+    cfg = m.config()
+    rebuilt = MDN(**json.loads(json.dumps(cfg)))
+    assert rebuilt.config() == cfg
+    a = {k: v.shape for k, v in m.state_dict().items()}
+    b = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert a == b
+    rebuilt.load_state_dict(m.state_dict())
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(rebuilt(x).mean, m(x).mean)
+
+
+def test_shapes_with_leading_dims_and_1d_targets():
+    m = MDN(2, 1, hidden=(4,), num_components=2)
+    mix = m(torch.randn(3, 5, 2))
+    assert mix.batch_shape == (3, 5) and mix.event_shape == (1,)
+    x, y = torch.randn(10, 2), torch.randn(10)
+    assert m.loss(x, y).item() == pytest.approx(m.loss(x, y[:, None]).item())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"in_features": 0, "out_features": 1}, "in_features"),
+        ({"in_features": 1, "out_features": 1, "activation": "swish2"}, "activation"),
+        ({"in_features": 1, "out_features": 1, "hidden": (3, -1)}, "hidden"),
+        ({"in_features": 1, "out_features": 1, "dropout": 1.0}, "dropout"),
+        ({"in_features": 1, "out_features": 1, "covariance": "tied"}, "covariance"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MDN(**kwargs)
+
+
+def test_bad_input_shapes_name_expected_and_found():
+    m = MDN(3, 2, hidden=(4,), num_components=2)
+    with pytest.raises(ValueError, match=r"in_features=3.*\(5, 4\)"):
+        m(torch.randn(5, 4))
+    with pytest.raises(ValueError, match=r"out_features=2.*\(5, 3\)"):
+        m.loss(torch.randn(5, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        m.prepare(torch.full((5, 3), float("nan")), torch.randn(5, 2))
+
+
+def test_inverted_sine_reaches_near_the_true_conditional_entropy():
+    """H(Y|X) = 1.291 nats is the best possible NLL; a well-trained 3000-point model is close."""
+    x, y = _sine(3000, 0)
+    xt, yt = _sine(20000, 1)
+    torch.manual_seed(0)
+    m = MDN(1, 1, hidden=(32, 32), num_components=8)
+    fit(m, x, y, epochs=60, lr=1e-2, seed=0, progress=False)
+    nll = m.nll(xt, yt)
+    assert 1.25 < nll <= 1.40
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+@pytest.mark.parametrize("covariance", ["diagonal", "spherical"])
+@pytest.mark.parametrize("hidden", [(), (6, 4)])
+def test_hand_written_gradients_match_autograd_of_the_generic_loss(activation, covariance, hidden):
+    torch.manual_seed(0)
+    m = MDN(3, 2, hidden=hidden, activation=activation, num_components=3, covariance=covariance)
+    m = m.double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = torch.randn(40, 2, dtype=torch.float64) * 2 + 1
+    m.prepare(x, y)
+    assert m._fast_grads_ok()
+    params = list(m.parameters())
+    generic = mdn_loss(m(x), y)
+    expected = torch.autograd.grad(generic, params)
+    loss = m._loss_and_grads(x, y)
+    assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
+    x, y = _sine(400, 3)
+    histories = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        m = MDN(1, 1, hidden=(8, 8), num_components=3).double()
+        if not fast:
+            monkeypatch.setattr(m, "_fast_grads_ok", lambda: False)
+        histories.append(fit(m, x.double(), y.double(), epochs=3, seed=0, progress=False))
+    np.testing.assert_allclose(histories[0].train_nll, histories[1].train_nll, rtol=1e-9)
+    np.testing.assert_allclose(histories[0].val_nll, histories[1].val_nll, rtol=1e-9)
+    assert not MDN(1, 1, dropout=0.1)._fast_grads_ok()
+    assert not MDN(1, 1, activation="gelu")._fast_grads_ok()
