@@ -1,0 +1,229 @@
+"""Training speed and quality: mdnkit against keras-mdn-layer 1.0.0 on the course's MDN.
+
+The course network (Dense 15 ReLU, Dense 15 ReLU, MDN with 1 output and 10 components; Adam,
+batch 128, 200 epochs) is trained on 3000 points of the inverted sine
+(``mdnkit.datasets.inverted_sine``) by
+
+* mdnkit: ``MDN(1, 1, hidden=(15, 15), activation="relu", num_components=10)`` and
+  ``fit(..., lr=1e-3, batch_size=128, epochs=200, validation_split=0, patience=None,
+  lr_schedule=None)`` (Adam with Keras's default learning rate, no early stopping);
+* keras-mdn-layer 1.0.0 with its own layer and loss, ``model.fit(batch_size=128, epochs=200,
+  verbose=0)``, on the torch and the jax Keras backends.
+
+Each contender runs in its own subprocess (``KERAS_BACKEND`` set for Keras), the rounds
+interleaved so that load from other processes hits all of them alike.  Reported: the median
+training time (the ``fit`` call, compilation included) and the median test NLL on 20 000 fresh
+points (nats; the best possible is H(Y|X) = 1.288), and mdnkit's speed-up over the faster
+Keras backend.
+
+    python benchmarks/bench_training.py [--epochs 200] [--repeats 3]
+    python benchmarks/bench_training.py --profile     # where one mdnkit training step goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+N_TRAIN, N_TEST, K = 3000, 20_000, 10
+
+
+def _data(seed: int):
+    from mdnkit.datasets import inverted_sine
+
+    x, y = inverted_sine(N_TRAIN, seed=seed)
+    xt, yt = inverted_sine(N_TEST, seed=seed + 1_000_003)
+    return x, y, xt, yt
+
+
+def _worker_mdnkit(epochs: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    import torch
+    import torch._dynamo  # noqa: F401  imported by every torch optimiser (and by `import keras`)
+
+    startup = time.perf_counter() - t0
+
+    from mdnkit.models import MDN
+    from mdnkit.training import fit
+
+    x, y, xt, yt = _data(seed)
+    torch.manual_seed(seed)
+    model = MDN(1, 1, hidden=(15, 15), activation="relu", num_components=K)
+    t = time.perf_counter()
+    fit(
+        model,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=128,
+        lr=1e-3,
+        validation_split=0.0,
+        patience=None,
+        lr_schedule=None,
+        seed=seed,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "nll": model.nll(xt, yt), "import_s": startup}
+
+
+def _worker_keras(epochs: int, seed: int) -> dict:
+    import keras
+    import keras_mdn_layer as mdn
+    import numpy as np
+    from scipy.special import log_softmax, logsumexp
+
+    x, y, xt, yt = _data(seed)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(15, activation="relu"),
+            keras.layers.Dense(15, activation="relu"),
+            mdn.MDN(1, K),
+        ]
+    )
+    model.compile(loss=mdn.get_mixture_loss_func(1, K), optimizer=keras.optimizers.Adam())
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=128, epochs=epochs, verbose=0)
+    seconds = time.perf_counter() - t
+    p = np.asarray(model.predict(xt, batch_size=4096, verbose=0), dtype=np.float64)
+    mu, sigma, logits = p[:, :K], p[:, K : 2 * K], p[:, 2 * K :]
+    yv = yt.astype(np.float64)
+    comp = -0.5 * math.log(2 * math.pi) - np.log(sigma) - 0.5 * ((yv - mu) / sigma) ** 2
+    nll = -float(np.mean(logsumexp(log_softmax(logits, axis=1) + comp, axis=1)))
+    return {"seconds": seconds, "nll": nll}
+
+
+def _profile(steps: int = 300, repeats: int = 5) -> None:
+    """Where one mdnkit training step of the course network goes (batch 128, one thread)."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    from mdnkit.models import MDN
+    from mdnkit.training import _clip_grad_norm, _make_optimizer
+
+    torch.set_num_threads(1)
+    x, y, _, _ = _data(0)
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    model = MDN(1, 1, hidden=(15, 15), activation="relu", num_components=K)
+    model.prepare(x, y)
+    params = list(model.parameters())
+    opt = _make_optimizer("adam", params, 1e-3, 0.0, torch.device("cpu"))
+    names = [
+        "batch indexing",
+        "zero_grad",
+        "forward + loss",
+        "backward",
+        "clip_grad_norm",
+        "Adam step",
+    ]
+    per: dict[str, list[float]] = {n: [] for n in [*names, "total"]}
+    perm = torch.randperm(N_TRAIN)
+    for _ in range(repeats):
+        acc = [0.0] * (len(names) + 1)
+        for i in range(steps):
+            t = [time.perf_counter()]
+            idx = perm[(i % 23) * 128 : (i % 23) * 128 + 128]
+            xb, yb = x[idx], y[idx]
+            t.append(time.perf_counter())
+            opt.zero_grad(set_to_none=True)
+            t.append(time.perf_counter())
+            loss = model.loss(xb, yb)
+            t.append(time.perf_counter())
+            loss.backward()
+            t.append(time.perf_counter())
+            _clip_grad_norm(params, 10.0)
+            t.append(time.perf_counter())
+            opt.step()
+            t.append(time.perf_counter())
+            for j in range(len(names)):
+                acc[j] += t[j + 1] - t[j]
+            acc[-1] += t[-1] - t[0]
+        for n, a in zip(per, acc):
+            per[n].append(a / steps * 1e6)
+    med = {n: statistics.median(v) for n, v in per.items()}
+    print(f"one training step, median of {repeats} x {steps} steps (us):")
+    for n, v in med.items():
+        print(f"  {n:16s} {v:8.1f}  {100 * v / med['total']:5.1f}%")
+
+
+def _run(kind: str, epochs: int, seed: int) -> dict:
+    env = dict(os.environ)
+    if kind != "mdnkit":
+        env["KERAS_BACKEND"] = kind.split("-")[1]
+    cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--seed", str(seed)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default="mdnkit,keras-torch,keras-jax")
+    ap.add_argument("--profile", action="store_true", help="break one mdnkit step down instead")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.profile:
+        _profile()
+        return 0
+    if args.worker:
+        fn = _worker_mdnkit if args.worker == "mdnkit" else _worker_keras
+        print(json.dumps(fn(args.epochs, args.seed)))
+        return 0
+
+    kinds = args.only.split(",")
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.repeats):
+        for kind in kinds:
+            res = _run(kind, args.epochs, args.seed + r)
+            results[kind].append(res)
+            print(
+                f"round {r + 1}/{args.repeats} {kind:12s} {res['seconds']:7.2f} s  "
+                f"test NLL {res['nll']:.4f}",
+                flush=True,
+            )
+    from importlib.metadata import version
+
+    med = {
+        k: (statistics.median(x["seconds"] for x in v), statistics.median(x["nll"] for x in v))
+        for k, v in results.items()
+    }
+    print()
+    print(
+        f"{args.epochs} epochs, {N_TRAIN} training points, test NLL on {N_TEST} fresh points "
+        f"(H(Y|X) = 1.288), medians of {args.repeats} runs (seeds {args.seed}..{args.seed + args.repeats - 1}); "
+        f"torch {version('torch')}, keras {version('keras')}, jax {version('jax')}, "
+        f"keras-mdn-layer {version('keras-mdn-layer')}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    print()
+    print("| trainer | seconds (median) | test NLL (median) | runs (s / NLL) |")
+    print("|---|---|---|---|")
+    for k, (sec, nll) in med.items():
+        runs = ", ".join(f"{x['seconds']:.1f} / {x['nll']:.3f}" for x in results[k])
+        print(f"| {k} | {sec:.2f} | {nll:.4f} | {runs} |")
+    keras_kinds = [k for k in med if k.startswith("keras")]
+    if "mdnkit" in med and keras_kinds:
+        fastest = min(keras_kinds, key=lambda k: med[k][0])
+        print()
+        print(
+            f"mdnkit is {med[fastest][0] / med['mdnkit'][0]:.2f}x faster than the faster Keras "
+            f"({fastest}); NLL {med['mdnkit'][1]:.4f} vs {med[fastest][1]:.4f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Tests for the ``mdnkit`` command: in-process ``main([...])``, the installed entry point once,
+every error path (exit 2, one stderr line, no output file) and a short demo run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mdnkit.cli import main
+from mdnkit.datasets import inverted_sine, read_csv, write_csv
+
+
+def _run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def data_csv(workdir):
+    x, y = inverted_sine(600, seed=0)
+    noise = np.random.default_rng(0).normal(size=(600, 1))
+    path = workdir / "train.csv"
+    write_csv(path, ["noise", "x", "y"], np.hstack([noise, x, y]).astype(np.float64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(workdir, data_csv):
+    path = workdir / "model.mdn"
+    code = main(
+        [
+            "fit",
+            str(data_csv),
+            "--x",
+            "x",
+            "--y",
+            "2",
+            "--hidden",
+            "16",
+            "--components",
+            "3",
+            "--epochs",
+            "3",
+            "--seed",
+            "0",
+            "-o",
+            str(path),
+        ]
+    )
+    assert code == 0 and path.exists()
+    return path
+
+
+def test_fit_stores_column_names_and_settings(model_file):
+    from mdnkit.io import load, load_metadata
+
+    meta = load_metadata(model_file)
+    assert meta["x_columns"] == ["x"] and meta["y_columns"] == ["y"]
+    model = load(model_file)
+    assert model.config()["hidden"] == [16] and model.config()["num_components"] == 3
+
+
+def test_eval_json_matches_metrics_module(capsys, model_file, data_csv):
+    from mdnkit import metrics
+    from mdnkit.io import load
+
+    code, out, err = _run(capsys, "eval", model_file, data_csv, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    model = load(model_file)
+    x, y = read_csv(data_csv, ["x"]), read_csv(data_csv, ["y"])
+    with torch.no_grad():
+        m = model(torch.as_tensor(x))
+        yt = torch.as_tensor(y)
+        # independent NLL: log-sum-exp of the component densities by hand
+        w, mu, sd = m.weights.double(), m.loc[..., 0].double(), m.scale[..., 0].double()
+        comp = -0.5 * ((yt.double() - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi)
+        ref_nll = -torch.logsumexp(w.log() + comp, -1).mean()
+    assert res["rows"] == 600
+    assert res["nll"] == pytest.approx(float(ref_nll), rel=1e-5)
+    assert res["crps"] == pytest.approx(float(metrics.crps(m, yt)), rel=1e-6)
+    ref_rmse = float(((m.mean.double() - yt.double()) ** 2).mean().sqrt())
+    assert res["rmse"] == pytest.approx(ref_rmse, rel=1e-5)
+    assert 0 <= res["calibration_error"] <= 0.5 and 0 <= res["coverage"] <= 1
+
+
+def test_eval_table(capsys, model_file, data_csv):
+    code, out, _ = _run(capsys, "eval", model_file, data_csv)
+    assert code == 0
+    for label in ("NLL (nats)", "CRPS", "RMSE", "calibration error", "90% coverage"):
+        assert label in out
+
+
+def test_sample_writes_n_rows_per_input_reproducibly(capsys, workdir, model_file, data_csv):
+    out1, out2 = workdir / "s1.csv", workdir / "s2.csv"
+    code, _, err = _run(capsys, "sample", model_file, data_csv, "-n", 4, "--seed", 3, "-o", out1)
+    assert code == 0, err
+    _run(capsys, "sample", model_file, data_csv, "-n", 4, "--seed", 3, "-o", out2)
+    assert out1.read_text() == out2.read_text()
+    header = out1.read_text().splitlines()[0].split(",")
+    assert header == ["row", "x", "y"]
+    table = read_csv(out1, dtype=np.float64)
+    assert table.shape == (600 * 4, 3)
+    np.testing.assert_array_equal(table[:, 0], np.repeat(np.arange(600), 4))
+    np.testing.assert_allclose(table[::4, 1], read_csv(data_csv, ["x"])[:, 0], rtol=1e-6)
+    # temperature 0 and sigma-temperature 0: the mean of the heaviest component
+    out3 = workdir / "s3.csv"
+    _run(
+        capsys,
+        "sample",
+        model_file,
+        data_csv,
+        "--temperature",
+        0,
+        "--sigma-temperature",
+        0,
+        "-o",
+        out3,
+    )
+    from mdnkit.io import load
+
+    m = load(model_file)(torch.as_tensor(read_csv(data_csv, ["x"])))
+    greedy = m.loc[torch.arange(600), m.logits.argmax(-1), 0].detach().numpy()
+    np.testing.assert_allclose(read_csv(out3, ["y"])[:, 0], greedy, rtol=1e-5, atol=1e-6)
+
+
+def test_plot_and_info(capsys, workdir, model_file, data_csv):
+    for kind in ("density", "samples", "components", "pit"):
+        fig = workdir / f"{kind}.png"
+        code, _, err = _run(capsys, "plot", model_file, data_csv, "--kind", kind, "-o", fig)
+        assert code == 0, err
+        assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = _run(capsys, "plot", model_file, "-o", workdir / "nodata.png")
+    assert code == 0, err
+    code, out, _ = _run(capsys, "info", model_file, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["class"] == "MDN" and info["metadata"]["y_columns"] == ["y"]
+    assert info["parameters"] == (1 * 16 + 16) + (
+        16 * 9 + 9
+    )  # layer + head (3 means, 3 scales, 3 logits)
+    code, out, _ = _run(capsys, "info", model_file)
+    assert code == 0 and "MDN" in out and "x_columns" in out
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    files = {
+        "empty": "",
+        "ragged": "x,y\n1,2\n3\n",
+        "text": "x,y\n1,2\n3,abc\n",
+        "nan": "x,y\n1,2\nnan,3\n",
+        "inf": "x,y\n1,inf\n",
+    }
+    out = {}
+    for name, text in files.items():
+        p = tmp / f"{name}.csv"
+        p.write_text(text)
+        out[name] = p
+    return out
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ["nope.csv", "no such file"]),
+        ("empty", ["empty.csv", "empty file"]),
+        ("ragged", ["ragged.csv", "row 3"]),
+        ("text", ["text.csv", "row 3", "'y'", "abc"]),
+        ("nan", ["nan.csv", "row 3", "'x'"]),
+        ("inf", ["inf.csv", "row 2", "'y'"]),
+        ("column", ["no column 'zz'"]),
+    ],
+)
+def test_fit_bad_data(capsys, tmp_path, case, fragments):
+    files = _bad_files(tmp_path)
+    data = tmp_path / "nope.csv" if case == "missing" else files.get(case, files["text"])
+    ycol = "zz" if case == "column" else "y"
+    if case == "column":
+        data.write_text("x,y\n1,2\n")
+    out = tmp_path / "m.mdn"
+    code, _, err = _run(capsys, "fit", data, "--x", "x", "--y", ycol, "--epochs", 1, "-o", out)
+    _assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["fit", "{data}", "--x", "x", "--y", "y", "--epochs", "0", "-o", "{out}"], "--epochs"),
+        (["fit", "{data}", "--x", "x", "--y", "y", "--lr", "-1", "-o", "{out}"], "--lr"),
+        (["fit", "{data}", "--x", "x", "--y", "y", "--hidden", "a,b", "-o", "{out}"], "--hidden"),
+        (
+            ["fit", "{data}", "--x", "x", "--y", "y", "--validation-split", "1", "-o", "{out}"],
+            "--validation-split",
+        ),
+        (
+            ["fit", "{data}", "--x", "x", "--y", "y", "--covariance", "weird", "-o", "{out}"],
+            "--covariance",
+        ),
+        (["fit", "{data}", "--x", "x", "-o", "{out}"], "--y"),
+        (["fit", "{data}", "--x", "x", "--y", "x", "-o", "{out}"], "both input"),
+        (
+            ["fit", "{data}", "--x", "x", "--y", "y", "-o", "{tmp}/no/such/dir/m.mdn"],
+            "does not exist",
+        ),
+        (["sample", "{model}", "{data}", "-n", "0", "-o", "{out}"], "-n"),
+        (["sample", "{model}", "{data}", "--temperature", "nan", "-o", "{out}"], "--temperature"),
+        (["eval", "{data}", "{data}"], "not an mdnkit model file"),
+        (["eval", "{tmp}/missing.mdn", "{data}"], "no such model file"),
+        (["plot", "{model}", "-o", "{tmp}/fig.txt"], ".png"),
+        (["plot", "{model}", "--kind", "pit", "-o", "{out}.png"], "needs a DATA.csv"),
+        (["export", "{model}", "-o", "{out}.onnx"], "MDN-RNN"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_options_one_line_exit_2(capsys, tmp_path, model_file, data_csv, argv, fragment):
+    out = tmp_path / "out"
+    fmt = {"data": data_csv, "model": model_file, "out": out, "tmp": tmp_path}
+    code, _, err = _run(capsys, *[a.format(**fmt) for a in argv])
+    _assert_one_line_error(code, err, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_tampered_model_file(capsys, tmp_path, model_file, data_csv):
+    bad = tmp_path / "bad.mdn"
+    blob = bytearray(model_file.read_bytes())
+    blob[-3] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    out = tmp_path / "s.csv"
+    code, _, err = _run(capsys, "sample", bad, data_csv, "-o", out)
+    _assert_one_line_error(code, err, "bad.mdn")
+    assert not out.exists()
+
+
+def test_entry_point_subprocess(model_file, data_csv, tmp_path):
+    exe = Path(sys.executable).with_name("mdnkit")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mdnkit.cli"]
+    ok = subprocess.run(
+        [*cmd, "eval", str(model_file), str(data_csv), "--json"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["rows"] == 600
+
+
+def test_demo_writes_every_picture(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = _run(
+        capsys, "demo", "--out", out, "--seed", 1, "--epochs", 2, "--n-test", 500
+    )
+    assert code == 0, err
+    names = {
+        "density.png",
+        "samples.png",
+        "mixture_pdf.png",
+        "temperatures.png",
+        "components.png",
+        "training.png",
+        "pit.png",
+    }
+    assert {p.name for p in out.iterdir()} == names
+    for p in out.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert "test NLL" in stdout and "1.288" in stdout
+    assert os.listdir(out) and not [n for n in os.listdir(out) if n.startswith(".")]
+
+
+def test_export_mdnrnn_to_onnx(capsys, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from mdnkit.io import save
+    from mdnkit.sequence import MDNRNN
+
+    torch.manual_seed(0)
+    save(MDNRNN(2, hidden_size=8), tmp_path / "rnn.mdn")
+    out = tmp_path / "rnn.onnx"
+    code, _, err = _run(capsys, "export", tmp_path / "rnn.mdn", "-o", out)
+    assert code == 0, err
+    onnx.checker.check_model(str(out))
+    names = {i.name for i in onnx.load(str(out)).graph.input}
+    assert "event" in names
+    # sample/eval/plot need a feed-forward MDN: a clear one-line error for an MDN-RNN
+    code, _, err = _run(
+        capsys, "sample", tmp_path / "rnn.mdn", tmp_path / "rnn.mdn", "-o", tmp_path / "s.csv"
+    )
+    _assert_one_line_error(code, err, "MDNRNN")
+    assert not (tmp_path / "s.csv").exists()
