@@ -534,3 +534,19 @@ def test_argument_checks():
     m = GaussianMixture(logits, loc, s)
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         m.log_prob(torch.zeros(3, 3))
+
+
+def test_sampling_rows_with_very_different_logit_levels():
+    """A row whose logits all lie far below another row's is still sampled from its own softmax
+    (weights are normalised per row when a shared maximum would underflow them)."""
+    logits = torch.tensor([[0.0, 0.0], [-200.0, -201.0], [-60.0, -61.0]])
+    m = GaussianMixture(
+        logits, torch.tensor([[[-5.0], [5.0]]]).expand(3, 2, 1), torch.full((3, 2, 1), 0.1)
+    )
+    n = 40_000
+    draws = m.sample((n,), generator=3)[..., 0]  # (n, 3)
+    p_first = 1.0 / (1.0 + math.exp(-1.0))  # softmax([a, a - 1])[0]
+    for row, p in ((0, 0.5), (1, p_first), (2, p_first)):
+        freq = float((draws[:, row] < 0).double().mean())
+        se = math.sqrt(p * (1 - p) / n)
+        assert abs(freq - p) < 5 * se, (row, freq, p)

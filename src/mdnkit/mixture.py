@@ -504,14 +504,21 @@ class GaussianMixture(Distribution):
             t = temperature.unsqueeze(-1) if temperature.dim() else temperature
             safe_t = torch.where(t == 0, torch.ones_like(t), t)
             scaled = torch.where(torch.isinf(safe_t), torch.zeros_like(logits), logits / safe_t)
-        # Unnormalised weights exp(a - max_k a), the exponent clamped at -87 (float32) or -708
-        # (float64) so that no weight is subnormal (subnormals make the matrix product crawl).
-        # A clamped weight (at most e^-87 of the row's largest, zero-weight components included)
-        # is never drawn: the threshold below is at least 2^-24 (float32 draws) of the row total, far
-        # above it, and added to a larger cumulative sum it rounds away.
-        arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
-        arg = arg.clamp_min_(-87.0 if arg.dtype != torch.float64 else -708.0)
+        # Unnormalised weights exp(a - m), the exponent clamped at -87 (float32; -708 for float64)
+        # so that no weight is subnormal (subnormals make the matrix product crawl).  m is first
+        # the maximum over the whole batch (a fast reduction); only if some row's total weight
+        # then falls below e^-40 are the weights redone with each row's own maximum.  So every
+        # row's largest weight is at least e^-40 / K, and a clamped weight (e^-87, zero-weight
+        # components included) is at most K e^-47 of it: it can never be drawn, since the
+        # threshold below is at least 2^-24 of the row total (float32 draws) and, added to a
+        # larger cumulative sum, it rounds away.
+        floor = -87.0 if scaled.dtype != torch.float64 else -708.0
+        top = scaled.amax() if scaled.numel() else scaled.new_zeros(())
+        arg = (scaled - top.nan_to_num(0.0, 0.0, 0.0)).clamp_min_(floor)
         cdf = _cumsum_component_major(arg.exp_())  # (K, B)
+        if cdf.numel() and not bool((cdf[-1] >= math.exp(-40.0)).all()):
+            arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+            cdf = _cumsum_component_major(arg.clamp_min_(floor).exp_())
         total = cdf[-1]
         # Threshold (1 - u) * total with u in [0, 1): in (0, total], so that rounding never picks
         # a component of zero weight; the index is the number of cumulative weights below it.
