@@ -221,7 +221,7 @@ def read_csv(
         line = r + 2
         if len(row) != len(header):
             raise ValueError(
-                f"{name}, row {line}: {len(row)} cells, expected {len(header)} like the header"
+                f"{name}, row {line}: {len(row)} cell{'' if len(row) == 1 else 's'}, expected {len(header)} like the header"
             )
         for j, c in enumerate(idx):
             cell = row[c].strip()
