@@ -93,7 +93,7 @@ def _write(tmp_path, text, name="d.csv"):
     [
         ("", None, "empty file"),
         ("a,b\n", None, "no data rows"),
-        ("a,b\n1,2\n3\n", None, r"row 3: 1 cells, expected 2"),
+        ("a,b\n1,2\n3\n", None, r"row 3: 1 cell, expected 2"),
         ("a,b\n1,2\n3,x\n", None, r"row 3, column 'b': expected a number, found 'x'"),
         ("a,b\n1,nan\n", None, r"row 2, column 'b': expected a finite number"),
         ("a,b\ninf,1\n", None, r"row 2, column 'a': expected a finite number"),
