@@ -550,3 +550,21 @@ def test_sampling_rows_with_very_different_logit_levels():
         freq = float((draws[:, row] < 0).double().mean())
         se = math.sqrt(p * (1 - p) / n)
         assert abs(freq - p) < 5 * se, (row, freq, p)
+
+
+def test_sampling_in_blocks_equals_one_block(monkeypatch):
+    """Components are drawn in blocks of rows; block boundaries must not change the draws."""
+    import mdnkit.mixture as mixture_module
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 5000, 7
+    m = GaussianMixture(
+        torch.randn(n, k, generator=g),
+        torch.randn(n, k, 2, generator=g),
+        torch.rand(n, k, 2, generator=g) + 0.1,
+    )
+    monkeypatch.setattr(mixture_module, "_SAMPLE_BLOCK_ELEMENTS", 1 << 30)
+    whole = m.sample((3,), temperature=0.7, generator=5)
+    monkeypatch.setattr(mixture_module, "_SAMPLE_BLOCK_ELEMENTS", 1)  # blocks of 1024 rows
+    blocked = m.sample((3,), temperature=0.7, generator=5)
+    assert torch.equal(whole, blocked)
