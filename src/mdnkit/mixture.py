@@ -772,7 +772,8 @@ class GaussianMixture(Distribution):
         q = torch.as_tensor(value, device=mu.device).to(torch.float64)
         if torch.isnan(q).any() or (q < 0).any() or (q > 1).any():
             raise ValueError("icdf expects probabilities in [0, 1]")
-        w, mu, sigma = logits.double().exp(), mu.double(), sigma.double()
+        w_g, mu_g, sigma_g = logits.double().exp(), mu.double(), sigma.double()
+        w, mu, sigma = w_g.detach(), mu_g.detach(), sigma_g.detach()
         shape = torch.broadcast_shapes(q.shape, self.batch_shape)
         q = q.expand(shape)
         qc = q.clamp(1e-300, 1 - 1e-16).unsqueeze(-1)
@@ -803,6 +804,15 @@ class GaussianMixture(Distribution):
             width = sigma.amin(-1)
             if bool((done | (step <= 1e-13 * (width + y.abs()))).all()):
                 break
+        if w_g.requires_grad or mu_g.requires_grad or sigma_g.requires_grad:
+            # One Newton step at the root, with a graph: its value is the root (F(y) = q there) and
+            # its gradient is the implicit one, dy/dθ = -(∂F/∂θ) / p(y), without differentiating
+            # through the iterations.
+            z = (y.unsqueeze(-1) - mu_g) / sigma_g
+            f = (w_g * torch.special.ndtr(z)).sum(-1) - qv
+            pdf = (w_g * torch.exp(-0.5 * z.square()) / (sigma_g * math.sqrt(2 * math.pi))).sum(-1)
+            inner = (q > 0) & (q < 1)
+            y = torch.where(inner, y - f / torch.where(inner, pdf, torch.ones_like(pdf)), y)
         y = torch.where(q == 0, torch.full_like(y, -math.inf), y)
         y = torch.where(q == 1, torch.full_like(y, math.inf), y)
         return y.unsqueeze(-1).to(self.loc.dtype)
