@@ -578,10 +578,11 @@ def _loop(
         norms = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
         for batch in _batches(train, loader, gen, batch_size, device, fdt):
-            opt.zero_grad(set_to_none=True)
             if fast and len(batch) == 2 and batch[0].dim() == 2:
-                loss = model._loss_and_grads(*batch)  # same loss, hand-written gradients
+                # same loss, hand-written gradients (assigned, so no zero_grad is needed)
+                loss = model._loss_and_grads(*batch)
             else:
+                opt.zero_grad(set_to_none=True)
                 loss = model.loss(*batch)
                 loss.backward()
             if clip is not None:
