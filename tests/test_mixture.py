@@ -583,3 +583,25 @@ def test_icdf_gradient_is_the_implicit_one():
         return GaussianMixture(a, b, c).icdf(q)
 
     assert torch.autograd.gradcheck(quantiles, (logits, loc, scale))
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "spherical", "full"])
+def test_affine_is_the_change_of_variables(kind):
+    """log p_Y(y) = log p_Z((y - shift) / s) - sum log s, and spherical stays spherical only
+    under a common scale."""
+    g = torch.Generator().manual_seed(4)
+    k, d = 3, 2
+    logits, loc = torch.randn(5, k, generator=g), torch.randn(5, k, d, generator=g)
+    if kind == "full":
+        tril = torch.randn(5, k, d, d, generator=g).tril(-1)
+        tril = tril + torch.diag_embed(torch.rand(5, k, d, generator=g) + 0.5)
+        m = GaussianMixture(logits, loc, scale_tril=tril)
+    else:
+        m = GaussianMixture(logits, loc, torch.rand(5, k, 1 if kind == "spherical" else d) + 0.5)
+    shift, s = torch.tensor([1.5, -2.0]), torch.tensor([3.0, 0.25])
+    y = torch.randn(5, d, generator=g)
+    expected = m.log_prob((y - shift) / s) - s.log().sum()
+    torch.testing.assert_close(m.affine(shift, s).log_prob(y), expected, rtol=1e-5, atol=1e-5)
+    if kind == "spherical":
+        assert m.affine(shift, s[:1]).covariance_type == "spherical"
+        assert m.affine(shift, s).covariance_type == "diagonal"

@@ -707,6 +707,21 @@ class GaussianMixture(Distribution):
             validate_args=False,
         )
 
+    def affine(self, shift: Tensor, scale: Tensor) -> GaussianMixture:
+        r"""The mixture of :math:`y = \text{shift} + \text{scale} \odot z` for :math:`z` from this one.
+
+        ``shift`` and ``scale`` (positive) are per output dimension, shape ``(D,)``; ``scale``
+        may have one entry for all dimensions, which keeps spherical components spherical (a
+        spherical mixture scaled unequally per dimension becomes diagonal).  Used to bring a
+        mixture over standardised targets into the data's units:
+        :math:`\mu_k \mapsto \text{shift} + s\,\mu_k`, :math:`L_k \mapsto \operatorname{diag}(s) L_k`.
+        """
+        loc = self.loc * scale + shift
+        if self.scale_tril is not None:
+            tril = self.scale_tril * scale.reshape(-1, 1)
+            return GaussianMixture(self._raw_logits, loc, scale_tril=tril, validate_args=False)
+        return GaussianMixture(self._raw_logits, loc, self.scale * scale, validate_args=False)
+
     def marginal(self, dims: int | Sequence[int]) -> GaussianMixture:
         r"""The marginal mixture over the output dimensions ``dims`` (closed form).
 

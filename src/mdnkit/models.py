@@ -17,9 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from .head import MDNHead, ScaleTransform
+from .head import MDNHead, ScaleTransform, _scale_forward
 from .loss import mdn_loss
 from .mixture import CovarianceType, GaussianMixture
 
@@ -29,15 +28,13 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _transform(raw: Tensor, kind: str, floor: float) -> tuple[Tensor, Tensor]:
-    """Scale transform of the head and its derivative: (sigma, d sigma / d raw)."""
+    """The head's scale transform and its derivative: (sigma, d sigma / d raw)."""
+    sigma = _scale_forward(raw, kind, floor)
     if kind == "softplus":
-        return F.softplus(raw) + floor, torch.sigmoid(raw)
+        return sigma, torch.sigmoid(raw)
     if kind == "exp":
-        e = torch.exp(raw.clamp(max=80.0))
-        return e + floor, e
-    pos = raw > 0
-    e = torch.exp(raw.clamp(max=0.0))
-    return torch.where(pos, raw + 1.0, e) + floor, torch.where(pos, torch.ones_like(e), e)
+        return sigma, sigma - floor  # e^raw (clamped like the value)
+    return sigma, torch.where(raw > 0, torch.ones_like(raw), torch.exp(raw.clamp(max=0.0)))
 
 
 def _flat_nll(
@@ -392,14 +389,8 @@ class MDN(nn.Module):
         """The predictive mixture :math:`p(y \\mid x)` in the target's units, batch shape ``x.shape[:-1]``."""
         m = self.standardized_mixture(x)
         ys, ym = self.y_std.to(m.loc.dtype), self.y_mean.to(m.loc.dtype)
-        loc = m.loc * ys + ym
-        if m.scale_tril is not None:
-            return GaussianMixture(
-                m.logits, loc, scale_tril=m.scale_tril * ys.unsqueeze(-1), validate_args=False
-            )
-        # spherical scales have a last dimension of 1 and a common y_std
-        scale = m.scale * (ys if m.scale.shape[-1] == ys.shape[-1] else ys[:1])
-        return GaussianMixture(m.logits, loc, scale, validate_args=False)
+        # spherical components have one common y_std (see prepare), so they stay spherical
+        return m.affine(ym, ys[:1] if m.covariance_type == "spherical" else ys)
 
     def loss(self, x: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
         r"""Mean negative log-likelihood of ``y`` given ``x``, in the target's units.

@@ -416,15 +416,6 @@ class MDNRNN(nn.Module):
     def _mixture_std(self, h: Tensor) -> GaussianMixture:
         return self.head(h)
 
-    def _to_data_units(self, m: GaussianMixture) -> GaussianMixture:
-        s, mu = self.scale, self.shift
-        loc = m.loc * s + mu
-        if m.scale_tril is not None:
-            return GaussianMixture(
-                m.logits, loc, scale_tril=m.scale_tril * s[:, None], validate_args=False
-            )
-        return GaussianMixture(m.logits, loc, m.scale * s, validate_args=False)
-
     # ------------------------------------------------------------------ forward / loss
     def forward(
         self, x: ArrayLike, state: Any = None
@@ -446,7 +437,7 @@ class MDNRNN(nn.Module):
         if state is None:
             _, state = self.rnn(self._start(x.shape[0], inp), None)
         h, state = self.rnn(inp, state)
-        mixture = self._to_data_units(self._mixture_std(h))
+        mixture = self._mixture_std(h).affine(self.shift, self.scale)
         pen = self.pen(h) if self.pen is not None else None
         return mixture, pen, state
 
