@@ -182,3 +182,13 @@ def test_checkpoint_during_fit_holds_the_best_model(tmp_path):
     xt = torch.randn(20, 1)
     torch.testing.assert_close(loaded(xt).mean, m.eval()(xt).mean)
     assert io.load_metadata(tmp_path / "best.mdn")["best_epoch"] == h.best_epoch
+
+
+def test_load_with_header_matches_load_and_load_header(model, tmp_path):
+    path = tmp_path / "m.mdn"
+    io.save(model, path, metadata={"columns": ["x", "y"]})
+    loaded, header = io.load_with_header(path)
+    assert header == io.load_header(path)
+    assert json.loads(header["user"]) == {"columns": ["x", "y"]}
+    x = torch.linspace(-10, 10, 7).unsqueeze(-1)
+    torch.testing.assert_close(loaded(x).log_prob(x), io.load(path)(x).log_prob(x))

@@ -219,14 +219,14 @@ def _check_output(path: str, suffixes: Sequence[str] | None = None) -> Path:
     return out
 
 
-def _load_model(path: str) -> tuple[Any, dict[str, Any]]:
-    from .io import load, load_metadata
+def _load_model(path: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """(model, user metadata, verified header), from one read of the file."""
+    from .io import load_with_header  # never unpickles
 
     if not os.path.exists(path):
         raise CliError(f"{path}: no such model file")
-    model = load(path)
-    meta = load_metadata(path)
-    return model, meta
+    model, header = load_with_header(path)
+    return model, json.loads(header["user"]), header
 
 
 def _network(model: Any, path: str, command: str):
@@ -435,7 +435,7 @@ def _eval_metrics(net, x: np.ndarray, y: np.ndarray, coverage: float) -> dict[st
 
 
 def _cmd_eval(args) -> int:
-    model, meta = _load_model(args.model)
+    model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "eval")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
@@ -467,7 +467,7 @@ def _cmd_sample(args) -> int:
     from .datasets import write_csv
 
     out = _check_output(args.output)
-    model, meta = _load_model(args.model)
+    model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "sample")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     x, x_names = _read_columns(args.data, xc, "--x")
@@ -498,7 +498,7 @@ def _cmd_plot(args) -> int:
     from .metrics import pit
 
     out = _check_output(args.output, (".png", ".pdf", ".svg", ".jpg", ".jpeg"))
-    model, meta = _load_model(args.model)
+    model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "plot")
     if not 0 <= args.x_dim < net.in_features:
         raise CliError(f"--x-dim must be in [0, {net.in_features}), found {args.x_dim}")
@@ -531,12 +531,7 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .io import load_header  # verified header; never unpickles
-
-    if not os.path.exists(args.model):
-        raise CliError(f"{args.model}: no such model file")
-    model, meta = _load_model(args.model)
-    header = load_header(args.model)
+    model, meta, header = _load_model(args.model)
     n_params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
     if n_params is None and hasattr(getattr(model, "model_", None), "parameters"):
         n_params = sum(p.numel() for p in model.model_.parameters())
@@ -566,7 +561,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_export(args) -> int:
     out = _check_output(args.output, (".onnx",))
-    model, _ = _load_model(args.model)
+    model, _, _ = _load_model(args.model)
     try:
         from .sequence import MDNRNN, export_onnx
     except ImportError as err:

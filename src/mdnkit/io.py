@@ -37,7 +37,15 @@ from torch import Tensor
 
 from ._files import atomic_path
 
-__all__ = ["save", "load", "load_metadata", "load_header", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "save",
+    "load",
+    "load_with_header",
+    "load_metadata",
+    "load_header",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+]
 
 FORMAT_NAME = "mdnkit"
 FORMAT_VERSION = 1
@@ -224,6 +232,16 @@ def load(path: str | os.PathLike) -> Any:
         >>> model = load("model.mdn")  # doctest: +SKIP
         >>> mixture = model(torch.randn(5, 2))  # doctest: +SKIP
     """
+    return load_with_header(path)[0]
+
+
+def load_with_header(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
+    """:func:`load` and :func:`load_header` from one read of the file: ``(model, header)``.
+
+    Example:
+        >>> model, header = load_with_header("model.mdn")  # doctest: +SKIP
+        >>> json.loads(header["user"])  # the metadata given to save  # doctest: +SKIP
+    """
     meta, tensors = _read(path)
     name = meta["class"]
     if name not in _REGISTRY:
@@ -250,4 +268,4 @@ def load(path: str | os.PathLike) -> Any:
             obj.eval()
     except (TypeError, ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"{str(path)!r} does not describe a valid {name}: {err}") from None
-    return obj
+    return obj, dict(meta)
