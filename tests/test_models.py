@@ -190,33 +190,80 @@ def test_inverted_sine_reaches_near_the_true_conditional_entropy():
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
 @pytest.mark.parametrize("covariance", ["diagonal", "spherical"])
 @pytest.mark.parametrize("hidden", [(), (6, 4)])
-def test_hand_written_gradients_match_autograd_of_the_generic_loss(activation, covariance, hidden):
+@pytest.mark.parametrize("out", [1, 2])
+def test_fast_step_matches_autograd_of_the_generic_loss(activation, covariance, hidden, out):
     torch.manual_seed(0)
-    m = MDN(3, 2, hidden=hidden, activation=activation, num_components=3, covariance=covariance)
+    m = MDN(3, out, hidden=hidden, activation=activation, num_components=3, covariance=covariance)
     m = m.double()
     x = torch.randn(40, 3, dtype=torch.float64)
-    y = torch.randn(40, 2, dtype=torch.float64) * 2 + 1
+    y = torch.randn(40, out, dtype=torch.float64) * 2 + 1
     m.prepare(x, y)
-    assert m._fast_grads_ok()
+    with torch.no_grad():  # move the head away from its data-driven start
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     params = list(m.parameters())
-    generic = mdn_loss(m(x), y)
-    expected = torch.autograd.grad(generic, params)
-    loss = m._loss_and_grads(x, y)
+    generic = mdn_loss(m(x), y)  # through GaussianMixture, in data units
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, params)])
+    before = [p.detach().clone() for p in params]
+    trainer = m._fast_trainer()
+    assert trainer is not None
+    loss = trainer.step(*trainer.standardize(x, y))
     assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
-    for p, g in zip(params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
+    # the parameters are views of the flat buffer until released
+    with torch.no_grad():
+        trainer.flat.zero_()
+    assert all(float(p.detach().abs().max()) == 0 for p in params)
+    with torch.no_grad():
+        trainer.flat.copy_(torch.cat([b.reshape(-1) for b in before]))
+    trainer.release()
+    ptrs = {p.data_ptr() for p in params}
+    assert len(ptrs) == len(params) and trainer.flat.data_ptr() not in ptrs
+    for p, b in zip(params, before):
+        torch.testing.assert_close(p.detach(), b, rtol=0, atol=0)
+        assert p.grad is None
+
+
+@pytest.mark.parametrize("transform", ["softplus", "exp", "elu"])
+def test_fast_step_scale_transforms(transform):
+    torch.manual_seed(1)
+    m = MDN(2, 2, hidden=(5,), num_components=4, scale_transform=transform).double()
+    x = torch.randn(64, 2, dtype=torch.float64)
+    y = torch.randn(64, 2, dtype=torch.float64)
+    m.prepare(x, y)
+    with torch.no_grad():
+        m.head.proj.bias.add_(torch.linspace(-2.0, 2.0, m.head.proj.bias.numel()))
+    generic = mdn_loss(m(x), y)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
+    trainer = m._fast_trainer()
+    loss = trainer.step(*trainer.standardize(x, y))
+    trainer.release()
+    assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
+    torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_trainer_applies_only_where_its_formulas_hold():
+    assert MDN(1, 1)._fast_trainer() is not None
+    assert MDN(1, 1, dropout=0.1)._fast_trainer() is None
+    assert MDN(1, 1, activation="gelu")._fast_trainer() is None
+    assert MDN(2, 2, covariance="full")._fast_trainer() is None
+    frozen = MDN(1, 1)
+    frozen.head.proj.bias.requires_grad_(False)
+    assert frozen._fast_trainer() is None
 
 
 def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
     x, y = _sine(400, 3)
-    histories = []
+    histories, weights = [], []
     for fast in (True, False):
         torch.manual_seed(0)
         m = MDN(1, 1, hidden=(8, 8), num_components=3).double()
         if not fast:
-            monkeypatch.setattr(m, "_fast_grads_ok", lambda: False)
+            monkeypatch.setattr(m, "_fast_trainer", lambda: None)
         histories.append(fit(m, x.double(), y.double(), epochs=3, seed=0, progress=False))
+        weights.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
+        # parameters own their storage again (safetensors refuses shared memory)
+        assert len({p.data_ptr() for p in m.parameters()}) == len(list(m.parameters()))
     np.testing.assert_allclose(histories[0].train_nll, histories[1].train_nll, rtol=1e-9)
     np.testing.assert_allclose(histories[0].val_nll, histories[1].val_nll, rtol=1e-9)
-    assert not MDN(1, 1, dropout=0.1)._fast_grads_ok()
-    assert not MDN(1, 1, activation="gelu")._fast_grads_ok()
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-7, atol=1e-10)

@@ -3,6 +3,7 @@ DataLoaders, generic models, devices and argument checking."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -300,3 +301,88 @@ def test_large_validation_set_is_evaluated_in_chunks(monkeypatch):
     h = fit(m, x, y, validation_data=(xv, yv), epochs=2, seed=0, progress=False)
     # the row-weighted mean of the chunks is the mean over all rows
     assert m.nll(xv, yv) == pytest.approx(h.best_val_nll, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.1, fused=True),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
+    ],
+)
+def test_direct_adam_step_is_the_optimisers_own_update(make):
+    from mdnkit.training import _direct_adam_step
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(7, generator=g) for _ in range(8)]
+    start = torch.randn(7, generator=g)
+    runs = []
+    for direct in (True, False):
+        p = nn.Parameter(start.clone())
+        opt = make([p])
+        step = _direct_adam_step(opt) if direct else opt.step
+        assert step is not None
+        saved = None
+        for i, grad in enumerate(grads):
+            p.grad = grad.clone()
+            step()
+            if i == 2:
+                saved = {"p": p.detach().clone(), "opt": copy.deepcopy(opt.state_dict())}
+            if i == 4:  # roll back as fit does after a NaN (new state tensors), halve the rate
+                with torch.no_grad():
+                    p.copy_(saved["p"])
+                opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+                opt.state[p]["step"].sub_(2)
+                opt.param_groups[0]["lr"] *= 0.5
+            if i == 6:  # and through load_state_dict (new groups too)
+                opt.load_state_dict(saved["opt"])
+                opt.param_groups[0]["lr"] *= 0.5
+        runs.append((p.detach().clone(), float(opt.state[p]["step"])))
+    assert runs[0][1] == runs[1][1] == 4.0
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+    assert not torch.equal(runs[0][0], start)
+
+
+def test_direct_adam_step_declines_what_it_does_not_cover():
+    from mdnkit.training import _direct_adam_step
+
+    p, q = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    assert _direct_adam_step(torch.optim.Adam([p], foreach=True)) is None
+    assert _direct_adam_step(torch.optim.Adam([p], amsgrad=True, fused=True)) is None
+    assert _direct_adam_step(torch.optim.Adam([p, q], fused=True)) is None
+    assert _direct_adam_step(torch.optim.SGD([p], lr=0.1)) is None
+
+
+def test_fast_path_nan_rolls_back_and_halves_the_rate(monkeypatch):
+    from mdnkit import _fast
+
+    calls = {"n": 0}
+    real_step = _fast.FastTrainer.step
+
+    def poisoned(self, x, z):
+        loss = real_step(self, x, z)
+        calls["n"] += 1
+        if calls["n"] == 10:  # in epoch 1 (8 batches an epoch)
+            self.flat.grad[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(_fast.FastTrainer, "step", poisoned)
+    x, y = _data(256)
+    m = MDN(2, 1, hidden=(8,), num_components=3)
+    h = fit(
+        m,
+        x,
+        y,
+        epochs=4,
+        batch_size=32,
+        lr=1e-2,
+        validation_split=0.0,
+        lr_schedule=None,
+        seed=0,
+        progress=False,
+    )
+    assert calls["n"] == 5 * 8  # epoch 1 ran twice
+    assert h.nan_recoveries == 1
+    assert h.lr == [1e-2, 5e-3, 5e-3, 5e-3]
+    assert all(torch.isfinite(p).all() for p in m.parameters())

@@ -10,7 +10,6 @@ a negative log-likelihood computed with it is comparable with any other model's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,112 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .head import MDNHead, ScaleTransform, _scale_forward
+from ._fast import ACTIVATIONS as FAST_ACTIVATIONS
+from ._fast import FastTrainer, FlatDiagonalNLL
+from .head import MDNHead, ScaleTransform
 from .loss import mdn_loss
 from .mixture import CovarianceType, GaussianMixture
 
 __all__ = ["MDN", "Activation"]
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _transform(raw: Tensor, kind: str, floor: float) -> tuple[Tensor, Tensor]:
-    """The head's scale transform and its derivative: (sigma, d sigma / d raw)."""
-    sigma = _scale_forward(raw, kind, floor)
-    if kind == "softplus":
-        return sigma, torch.sigmoid(raw)
-    if kind == "exp":
-        return sigma, sigma - floor  # e^raw (clamped like the value)
-    return sigma, torch.where(raw > 0, torch.ones_like(raw), torch.exp(raw.clamp(max=0.0)))
-
-
-def _flat_nll(
-    params: Tensor,
-    z: Tensor,
-    k: int,
-    d: int,
-    spherical: bool,
-    kind: str,
-    floor: float,
-    need_grad: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """Mean NLL of ``z`` under the flat head parameters and, if ``need_grad``, its gradient
-    with respect to ``params`` (formulas in :class:`_FlatDiagonalNLL`)."""
-    n_loc = k * d
-    n_sc = k if spherical else k * d
-    lead = params.shape[:-1]
-    # contiguous copies: element-wise CPU kernels on strided slices are several times slower
-    loc = params[..., :n_loc].reshape(*lead, k, d).contiguous()
-    raw = params[..., n_loc : n_loc + n_sc].reshape(*lead, k, 1 if spherical else d)
-    raw = raw.contiguous()
-    logits = params[..., n_loc + n_sc :].contiguous()
-    sigma, dsigma = _transform(raw, kind, floor)
-    inv = sigma.reciprocal()
-    u = (z.unsqueeze(-2) - loc) * inv
-    uu = u * u
-    if spherical:
-        uu_sum = uu.sum(-1)
-        comp = d * inv.log().squeeze(-1) - 0.5 * uu_sum
-    elif d == 1:
-        comp = (inv.log() - 0.5 * uu).squeeze(-1)
-    else:
-        comp = inv.log().sum(-1) - 0.5 * uu.sum(-1)
-    # log pi = a - lse(a); t = log pi + c; log p(z) = lse(t); responsibilities r = exp(t - lse t).
-    # (Written out with max, exp and sum: faster on CPU than log_softmax over a short last dim.)
-    a = logits - logits.amax(-1, keepdim=True)
-    ea = a.exp()
-    sa = ea.sum(-1, keepdim=True)
-    t = a - sa.log() + comp
-    mt = t.amax(-1, keepdim=True)
-    et = (t - mt).exp()
-    st = et.sum(-1, keepdim=True)
-    out = 0.5 * d * _LOG_2PI - (mt + st.log()).mean()
-    if not need_grad:
-        return out, None
-    r = et / st
-    w = 1.0 / r[..., 0].numel()
-    d_logits = (ea / sa - r) * w
-    ri = (r * w).unsqueeze(-1) * inv
-    d_loc = -ri * u
-    if spherical:
-        d_raw = ri * (d - uu_sum.unsqueeze(-1)) * dsigma
-    else:
-        d_raw = ri * (1.0 - uu) * dsigma
-    grad = torch.cat((d_loc.reshape(*lead, -1), d_raw.reshape(*lead, -1), d_logits), dim=-1)
-    return out, grad
-
-
-class _FlatDiagonalNLL(torch.autograd.Function):
-    r"""Mean NLL of standardised targets ``z`` ``(N, D)`` straight from the head's flat
-    parameters ``(N, P)`` (diagonal or spherical components): the training loop's hot path.
-
-    With :math:`u_k = (z - \mu_k)/\sigma_k`, responsibilities :math:`r_k` and weights
-    :math:`\pi_k`, the per-row NLL is :math:`-\operatorname{lse}_k(a_k + c_k) +
-    \operatorname{lse}_k a_k + \tfrac D2\log 2\pi` with
-    :math:`c_k = -\sum_d \log\sigma_{kd} - \tfrac12\lVert u_k\rVert^2`, and its gradients
-    are :math:`\pi_k - r_k` (logits), :math:`-r_k u_k/\sigma_k` (means),
-    :math:`-r_k(u_k^2 - 1)/\sigma_k` (scales, summed over d for spherical ones), times the
-    scale transform's derivative.  The gradient is formed in the forward pass from the
-    intermediate values (no recomputation), so the backward pass is one multiplication; it is
-    not differentiable twice (use ``mdn_loss(model.standardized_mixture(x), z)`` for that).
-    """
-
-    @staticmethod
-    def forward(
-        ctx, params: Tensor, z: Tensor, k: int, d: int, spherical: bool, kind: str, floor: float
-    ) -> Tensor:
-        out, grad = _flat_nll(
-            params, z, k, d, spherical, kind, floor, need_grad=ctx.needs_input_grad[0]
-        )
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        (d_params,) = ctx.saved_tensors
-        return d_params * grad, None, None, None, None, None, None
 
 
 Activation = Literal["tanh", "relu", "elu", "gelu", "silu", "sigmoid", "softplus", "leaky_relu"]
@@ -136,14 +36,6 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
-}
-
-# activation -> (function, derivative expressed through the activation's output a)
-_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
-_DERIVATIVES = {
-    "tanh": lambda a: 1.0 - a * a,
-    "relu": lambda a: (a > 0).to(a.dtype),
-    "sigmoid": lambda a: a * (1.0 - a),
 }
 
 
@@ -407,7 +299,7 @@ class MDN(nn.Module):
         if weight is None and head.covariance != "full" and z.shape[:-1] == params.shape[:-1]:
             if params.dtype in (torch.float16, torch.bfloat16):
                 params = params.float()
-            nll = _FlatDiagonalNLL.apply(
+            nll = FlatDiagonalNLL.apply(
                 params,
                 z.to(params.dtype),
                 head.num_components,
@@ -420,64 +312,23 @@ class MDN(nn.Module):
             nll = mdn_loss(head.mixture(params), z, weight=weight)
         return nll + self.y_std.log().sum()
 
-    def _fast_grads_ok(self) -> bool:
-        """Whether :meth:`_loss_and_grads` applies (see there)."""
-        return (
+    def _fast_trainer(self) -> FastTrainer | None:
+        """The autograd-free training step of :func:`mdnkit.fit` (:class:`FastTrainer`) when it
+        applies: no dropout, ``tanh``/``relu``/``sigmoid`` activations, diagonal or spherical
+        components, every parameter trainable, on one device with one dtype; else None."""
+        linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.head.proj]
+        owned = {id(p) for lin in linears for p in (lin.weight, lin.bias)}
+        params = list(self.parameters())
+        ok = (
             self.dropout == 0.0
-            and self.activation in _DERIVATIVES
+            and self.activation in FAST_ACTIVATIONS
             and self.head.covariance != "full"
-            and all(p.requires_grad for p in self.parameters())
+            and all(p.requires_grad for p in params)
+            and {id(p) for p in params} == owned
+            and len({(p.device, p.dtype) for p in params}) == 1
+            and params[0].is_floating_point()
         )
-
-    @torch.no_grad()
-    def _loss_and_grads(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""The training loss of :meth:`loss` and its gradients, written into every
-        parameter's ``.grad``, by a hand-written backward pass (no autograd graph): the fast
-        path of :func:`mdnkit.fit` for 2-D inputs, no dropout, ``tanh``/``relu``/``sigmoid``
-        activations and diagonal or spherical components.
-
-        With :math:`h_0 = \tilde x`, :math:`h_l = f(W_l h_{l-1} + b_l)` and the head's
-        :math:`\theta = W h_L + b`, the gradient :math:`G = \partial L/\partial\theta` comes from
-        :func:`_flat_nll`; then :math:`\partial W = G^\top h`, :math:`\partial b = \sum G`,
-        :math:`G \leftarrow (G W) \odot f'(h)` layer by layer.  Returns the loss (a 0-dim tensor).
-        """
-        x = self._check_x(x)
-        y = self._check_y(y, x)
-        if x.dim() != 2:
-            raise ValueError(f"the fast path needs 2-D inputs, found shape {tuple(x.shape)}")
-        deriv = _DERIVATIVES[self.activation]
-        act = _FUNCTIONS[self.activation]
-        linears = [m for m in self.body if isinstance(m, nn.Linear)]
-        h = (x - self.x_mean) / self.x_std
-        hs = [h]
-        for lin in linears:
-            h = act(torch.addmm(lin.bias, h, lin.weight.t()))
-            hs.append(h)
-        head = self.head
-        proj = head.proj
-        params = torch.addmm(proj.bias, h, proj.weight.t())
-        z = (y - self.y_mean) / self.y_std
-        nll, g = _flat_nll(
-            params,
-            z.to(params.dtype),
-            head.num_components,
-            head.out_features,
-            head.covariance == "spherical",
-            head.scale_transform,
-            head.min_scale,
-            need_grad=True,
-        )
-        assert g is not None
-        proj.weight.grad = g.t().mm(h)
-        proj.bias.grad = g.sum(0)
-        w = proj.weight
-        for i in range(len(linears) - 1, -1, -1):
-            lin = linears[i]
-            g = g.mm(w) * deriv(hs[i + 1])
-            lin.weight.grad = g.t().mm(hs[i])
-            lin.bias.grad = g.sum(0)
-            w = lin.weight
-        return nll + self.y_std.log().sum()
+        return FastTrainer(self, linears) if ok else None
 
     @torch.no_grad()
     def nll(self, x: Tensor, y: Tensor) -> float:

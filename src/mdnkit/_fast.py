@@ -1,0 +1,260 @@
+r"""The training hot path of :class:`~mdnkit.MDN`: its loss and gradients without autograd.
+
+A training step of a small MDN on the CPU is dominated by the fixed cost of each PyTorch
+operation (a few microseconds), not by arithmetic, so this module does the step in as few
+operations as it can:
+
+* **component-major layout**: the network runs transposed, :math:`H^\top = f(W H^\top + b)`,
+  so the head's output is ``(P, N)`` and the means, scales and logits are contiguous row
+  blocks (views, no copies), reduced over the component axis;
+* **one parameter buffer**: the model's parameters become views of one flat tensor (and their
+  gradients views of one flat gradient), so clipping is one norm and the optimiser updates
+  one tensor;
+* **gradients formed in the forward pass** from its intermediate values, written straight
+  into the gradient buffer (``out=``), and back-propagated through the MLP with one kernel
+  per activation derivative.
+
+:func:`nll_component_major` is also the fused loss behind :meth:`MDN.loss` (through
+:class:`FlatDiagonalNLL`), so the two paths share one implementation of the formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FastTrainer", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+# activation -> (in-place function, backward kernel taking (grad, output))
+_ACT = {
+    "relu": (torch.relu_, lambda g, a: torch.ops.aten.threshold_backward(g, a, 0)),
+    "tanh": (torch.tanh_, torch.ops.aten.tanh_backward),
+    "sigmoid": (torch.sigmoid_, torch.ops.aten.sigmoid_backward),
+}
+ACTIVATIONS = frozenset(_ACT)
+
+
+def _scale(raw: Tensor, kind: str, floor: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The head's scale transform (as :func:`mdnkit.head._scale_forward`) and, if asked, its
+    derivative: (sigma, d sigma / d raw)."""
+    if kind == "softplus":
+        return F.softplus(raw).add_(floor), (torch.sigmoid(raw) if need_grad else None)
+    if kind == "exp":
+        e = raw.clamp(max=80.0).exp_()
+        return e + floor, e
+    sigma = F.elu(raw).add_(1.0 + floor)  # the classic ELU + 1 + epsilon
+    return sigma, (torch.where(raw > 0, 1.0, sigma - floor) if need_grad else None)
+
+
+def nll_component_major(
+    params: Tensor,
+    z: Tensor,
+    k: int,
+    d: int,
+    spherical: bool,
+    kind: str,
+    floor: float,
+    grad_out: Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> Tensor:
+    r"""The sum over rows of :math:`\operatorname{lse}_k(\log\pi_k + c_k)`, the log-density of
+    the standardised targets *without* the constant :math:`-\tfrac D2\log 2\pi`.
+
+    ``params`` ``(P, N)``: the head's flat parameters, one column per row (component-major;
+    rows ``[means K·D | raw scales K·D or K | logits K]``), ``z`` ``(D, N)`` (any strides).
+    With :math:`u_k = (z - \mu_k)/\sigma_k`, :math:`c_k = -\sum_d\log\sigma_{kd} -
+    \tfrac12\lVert u_k\rVert^2`, responsibilities :math:`r_k` and weights :math:`\pi_k`, the
+    gradients of the *negative* sum are :math:`\pi_k - r_k` (logits), :math:`-r_k u_k/\sigma_k`
+    (means) and :math:`-r_k(u_k^2 - 1)/\sigma_k` (scales, summed over d for spherical ones)
+    times the scale transform's derivative; if ``grad_out`` ``(P, N)`` is given they are
+    written into it, times ``grad_scale``.
+    """
+    n = params.shape[-1]
+    ds = 1 if spherical else d
+    kd, ks = k * d, k * ds
+    loc = params[:kd].view(k, d, n)
+    raw = params[kd : kd + ks].view(k, ds, n)
+    logits = params[kd + ks :]
+    need_grad = grad_out is not None
+    sigma, dsigma = _scale(raw, kind, floor, need_grad)
+    inv = sigma.reciprocal_()
+    nu = (loc - z).mul_(inv)  # -u
+    uu = nu * nu
+    log_inv = inv.log()
+    if d == 1:
+        uu_sum, log_det = uu.view(k, n), log_inv.view(k, n)
+    else:
+        uu_sum = uu.sum(1)
+        log_det = log_inv.view(k, n) * d if spherical else log_inv.sum(1)
+    comp = log_det.add_(uu_sum, alpha=-0.5)
+    # log pi = a - log sa; t = log pi + c; log p = mt + log st; responsibilities et / st.
+    # (max, exp and sum written out: fewer kernels than log_softmax/logsumexp on short axes.)
+    a = logits - logits.amax(0)
+    ea = a.exp()
+    sa = ea.sum(0)
+    t = a.add_(comp).sub_(sa.log())
+    mt = t.amax(0)
+    et = t.sub_(mt).exp_()
+    st = et.sum(0)
+    total = st.log().add_(mt).sum()
+    if grad_out is None:
+        return total
+    r = et.div_(st)
+    torch.sub(ea.div_(sa), r, out=grad_out[kd + ks :])
+    ri = r.view(k, 1, n).mul(inv)
+    torch.mul(ri, nu, out=grad_out[:kd].view(k, d, n))
+    if spherical:
+        factor = uu_sum.neg().add_(d).view(k, 1, n)
+    else:
+        factor = uu.neg_().add_(1.0)
+    assert dsigma is not None
+    torch.mul(ri.mul_(factor), dsigma, out=grad_out[kd : kd + ks].view(k, ds, n))
+    if grad_scale != 1.0:
+        grad_out.mul_(grad_scale)
+    return total
+
+
+def flat_nll(
+    params: Tensor,
+    z: Tensor,
+    k: int,
+    d: int,
+    spherical: bool,
+    kind: str,
+    floor: float,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Mean NLL of ``z`` ``(..., D)`` under row-major head parameters ``(..., P)`` and, if
+    ``need_grad``, its gradient with respect to ``params`` (same shape)."""
+    shape = params.shape
+    pt = params.reshape(-1, shape[-1]).t().contiguous()
+    zt = z.reshape(-1, d).t()
+    n = pt.shape[1]
+    g = torch.empty_like(pt) if need_grad else None
+    total = nll_component_major(pt, zt, k, d, spherical, kind, floor, g, 1.0 / n)
+    out = 0.5 * d * _LOG_2PI - total / n
+    return out, (g.t().reshape(shape) if g is not None else None)
+
+
+class FlatDiagonalNLL(torch.autograd.Function):
+    """Mean NLL of standardised targets ``z`` ``(..., D)`` straight from the head's flat
+    parameters ``(..., P)`` (diagonal or spherical components), formulas in
+    :func:`nll_component_major`.  The gradient is formed in the forward pass, so the backward
+    pass is one multiplication; it is not differentiable twice (use
+    ``mdn_loss(model.standardized_mixture(x), z)`` for that).
+    """
+
+    @staticmethod
+    def forward(
+        ctx, params: Tensor, z: Tensor, k: int, d: int, spherical: bool, kind: str, floor: float
+    ) -> Tensor:
+        out, grad = flat_nll(
+            params, z, k, d, spherical, kind, floor, need_grad=ctx.needs_input_grad[0]
+        )
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (d_params,) = ctx.saved_tensors
+        return d_params * grad, None, None, None, None, None, None
+
+
+class FastTrainer:
+    r"""Training steps of an MLP-with-head MDN without autograd (see the module docstring).
+
+    While it lives, the model's parameters are views of :attr:`flat` (a leaf ``nn.Parameter``
+    whose ``.grad`` holds every gradient): give the optimiser ``[trainer.flat]``.  Anything
+    that changes the parameters in place (``load_state_dict``, the optimiser) changes
+    :attr:`flat`.  :meth:`release` gives every parameter its own storage back.
+
+    With :math:`h_0 = \tilde x`, :math:`h_l = f(W_l h_{l-1} + b_l)` and the head's
+    :math:`\theta = W h_L + b`, the gradient :math:`G = \partial L/\partial\theta` comes from
+    :func:`nll_component_major`; then :math:`\partial W = G h^\top`, :math:`\partial b = G1`,
+    :math:`G \leftarrow f'(h) \odot W^\top G` layer by layer.
+    """
+
+    def __init__(self, model: nn.Module, linears: list[nn.Linear]) -> None:
+        self.model = model
+        params: list[nn.Parameter] = []
+        for lin in linears:
+            params += [lin.weight, lin.bias]
+        self.params = params
+        first = params[0]
+        total = sum(p.numel() for p in params)
+        self.flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        o = 0
+        with torch.no_grad():
+            views = []
+            for p in params:
+                m = p.numel()
+                self.flat[o : o + m].copy_(p.reshape(-1))
+                views.append((self.flat.data[o : o + m].view_as(p), self.flat.grad[o : o + m]))
+                o += m
+            for p, (v, _) in zip(params, views):
+                p.data = v
+        for i in range(0, len(views), 2):
+            (w, gw), (b, gb) = views[i], views[i + 1]
+            self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
+        head = model.head
+        self.k, self.d = head.num_components, head.out_features
+        self.spherical = head.covariance == "spherical"
+        self.kind, self.floor = head.scale_transform, head.min_scale
+        self.act, self.act_backward = _ACT[model.activation]
+        self.x_mean, self.x_std = model.x_mean, model.x_std
+        self.y_mean, self.y_std = model.y_mean, model.y_std
+        self.offset = 0.5 * self.d * _LOG_2PI + float(self.y_std.log().sum())
+
+    def standardize(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs ``(N, in)`` and targets ``(N, D)`` in the network's standardised units
+        (checked and converted as :meth:`MDN.loss` does)."""
+        x = self.model._check_x(x)
+        y = self.model._check_y(y, x)
+        if x.dim() != 2 or y.shape[:-1] != x.shape[:-1]:
+            raise ValueError(
+                f"the fast training step needs rows of x (N, in) and y (N, D), found shapes "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        return (x - self.x_mean) / self.x_std, (y - self.y_mean) / self.y_std
+
+    @torch.no_grad()
+    def step(self, x: Tensor, z: Tensor) -> Tensor:
+        """Mean NLL (data units, a 0-dim tensor) of one batch of standardised inputs ``x``
+        ``(N, in)`` and targets ``z`` ``(N, D)``; its gradient is written into ``flat.grad``."""
+        n = x.shape[0]
+        h = x.t()
+        hs = [h]
+        act = self.act
+        last = len(self.layers) - 1
+        for i, (w, b, _, _) in enumerate(self.layers):
+            h = torch.addmm(b, w, h)
+            if i < last:
+                h = act(h)
+                hs.append(h)
+        g = torch.empty_like(h)
+        total = nll_component_major(
+            h, z.t(), self.k, self.d, self.spherical, self.kind, self.floor, g, 1.0 / n
+        )
+        for i in range(last, -1, -1):
+            w, _, gw, gb = self.layers[i]
+            torch.mm(g, hs[i].t(), out=gw)
+            torch.sum(g, 1, out=gb)
+            if i > 0:
+                g = self.act_backward(torch.mm(w.t(), g), hs[i])
+        return total.mul_(-1.0 / n).add_(self.offset)
+
+    def release(self) -> None:
+        """Give each parameter its own storage (and no gradient) again."""
+        with torch.no_grad():
+            for p in self.params:
+                p.data = p.data.clone()
+                p.grad = None
