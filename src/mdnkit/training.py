@@ -315,9 +315,12 @@ def fit(
     with one intra-op thread (``torch.set_num_threads(1)``, restored afterwards; the setting is
     process-wide): for tiny matrices threads cost more than they save.  For an
     :class:`~mdnkit.MDN` without dropout, with ``tanh``/``relu``/``sigmoid`` activations and
-    diagonal or spherical components, the gradients come from its hand-written backward pass
-    (the same values as autograd's, without building a graph; hooks on its modules are not
-    called during training).
+    diagonal or spherical components, trained from in-memory tensors, each step is
+    :class:`mdnkit._fast.FastTrainer`'s: the same loss and gradients as autograd's, without
+    building a graph, in as few kernel calls as it can.  While ``fit`` runs, that model's
+    parameters are views of one flat buffer (so clipping is one norm and Adam updates one
+    tensor); each gets its own storage back when ``fit`` returns.  Hooks on its modules are not
+    called during training.
 
     Args:
         progress: show a tqdm bar with the live NLLs; None shows it when stderr is a terminal.
