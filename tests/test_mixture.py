@@ -605,3 +605,44 @@ def test_affine_is_the_change_of_variables(kind):
     if kind == "spherical":
         assert m.affine(shift, s[:1]).covariance_type == "spherical"
         assert m.affine(shift, s).covariance_type == "diagonal"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sum_exp_pieces_hold_no_denormal_floats(dtype):
+    from mdnkit.mixture import _exp_sum0
+
+    # columns: a spread row, an all -inf row, one with a single finite term
+    a = torch.tensor(
+        [
+            [0.0, -math.inf, -math.inf],
+            [-79.0, -math.inf, 3.0],
+            [-85.0, -math.inf, -math.inf],
+            [-95.0, -math.inf, -math.inf],  # e^-95: subnormal in float32
+            [-720.0, -math.inf, -math.inf],  # e^-720: subnormal in float64
+        ],
+        dtype=dtype,
+    )
+    e, s, m = _exp_sum0(a)
+    tiny = torch.finfo(dtype).tiny
+    assert bool(((e == 0) | (e >= tiny)).all())  # no subnormal values anywhere
+    assert (e[2:, 0] == 0).all() and (e[:, 1] == 0).all()
+    lse = s.log() + m
+    assert lse[1].item() == -math.inf
+    assert lse[2].item() == 3.0
+    ref = torch.logsumexp(a[:, 0].double(), 0)
+    assert lse[0].item() == pytest.approx(ref.item(), rel=1e-15, abs=0)
+
+
+def test_log_prob_of_far_apart_components_matches_scipy():
+    # components hundreds of standard deviations apart: most terms underflow
+    logits = torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64)
+    loc = torch.tensor([[-500.0], [0.0], [700.0]], dtype=torch.float64)
+    scale = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
+    y = torch.tensor([[-501.0], [3.0], [350.0], [699.0]], dtype=torch.float64)
+    m = GaussianMixture(logits, loc, scale)
+    w = np.exp(logits.numpy() - special.logsumexp(logits.numpy()))
+    ref = [
+        special.logsumexp(np.log(w) + stats.norm.logpdf(v, loc[:, 0].numpy(), scale[:, 0].numpy()))
+        for v in y[:, 0].numpy()
+    ]
+    np.testing.assert_allclose(m.log_prob(y).numpy(), ref, rtol=1e-12)

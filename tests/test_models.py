@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mdnkit import mdn_loss
+from mdnkit import GaussianMixture, mdn_loss
 from mdnkit.models import MDN
 from mdnkit.training import fit
 
@@ -267,3 +267,27 @@ def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
     np.testing.assert_allclose(histories[0].train_nll, histories[1].train_nll, rtol=1e-9)
     np.testing.assert_allclose(histories[0].val_nll, histories[1].val_nll, rtol=1e-9)
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-7, atol=1e-10)
+
+
+def test_fast_nll_pieces_hold_no_denormal_floats():
+    from mdnkit._fast import nll_component_major
+
+    k, n = 4, 8
+    loc = torch.zeros(k, n)
+    raw = torch.zeros(k, n)
+    logits = torch.tensor([0.0, -95.0, -95.0, -1.0]).unsqueeze(1).expand(k, n)  # e^-95: subnormal
+    params = torch.cat([loc, raw, logits])
+    z = torch.linspace(-1, 1, n).unsqueeze(0)
+    grad = torch.empty_like(params)
+    total = nll_component_major(params, z, k, 1, False, "softplus", 1e-3, grad, 1.0 / n)
+    tiny = torch.finfo(grad.dtype).tiny
+    assert bool(((grad == 0) | (grad.abs() >= tiny)).all())
+    # the same value as the distribution's log-density (which drops nothing)
+    from mdnkit.head import _scale_forward
+
+    ref = GaussianMixture(
+        logits.t(), loc.t().unsqueeze(-1), _scale_forward(raw, "softplus", 1e-3).t().unsqueeze(-1)
+    ).log_prob(z.t())
+    assert total.item() - n * 0.5 * math.log(2 * math.pi) == pytest.approx(
+        ref.sum().item(), rel=1e-6
+    )
