@@ -646,3 +646,24 @@ def test_log_prob_of_far_apart_components_matches_scipy():
         for v in y[:, 0].numpy()
     ]
     np.testing.assert_allclose(m.log_prob(y).numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_component_draws_are_the_inverse_cdf_of_the_same_uniforms(dtype):
+    # an independent inverse CDF from the same uniforms: count of cumulative weights below
+    # (1 - u) * total, by searchsorted on a float64 cumsum
+    n, k = 20_000, 7
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(n, k, generator=g) * 3).to(dtype)
+    logits[:, 2] = -math.inf  # a component that must never be drawn
+    m = GaussianMixture(logits, torch.zeros(n, k, 1, dtype=dtype), torch.ones(n, k, 1, dtype=dtype))
+    idx = m._component_index(
+        torch.Size([n]), torch.tensor(1.0, dtype=dtype), torch.Generator().manual_seed(5)
+    )
+    u = torch.rand(n, dtype=dtype, generator=torch.Generator().manual_seed(5)).double()
+    w = torch.softmax(logits.double(), -1)
+    cdf = w.cumsum(-1)
+    ref = torch.searchsorted(cdf, ((1 - u) * cdf[:, -1]).unsqueeze(1), right=False).squeeze(1)
+    assert int(idx.max()) <= k - 1 and not bool((idx == 2).any())
+    mismatch = (idx != ref).double().mean().item()
+    assert mismatch < 1e-3  # only draws within rounding of a boundary may differ

@@ -224,7 +224,7 @@ def _weights_cdf(scaled: Tensor) -> Tensor:
     floor = -87.0 if scaled.dtype != torch.float64 else -708.0
     top = scaled.amax().nan_to_num(0.0, 0.0, 0.0)
     cdf = _cumsum_component_major((scaled - top).clamp_min_(floor).exp_())
-    if not bool((cdf[-1] >= math.exp(-40.0)).all()):
+    if not bool(cdf[-1].amin() >= math.exp(-40.0)):
         arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         cdf = _cumsum_component_major(arg.clamp_min_(floor).exp_())
     return cdf
@@ -550,14 +550,17 @@ class GaussianMixture(Distribution):
             total = cdf[-1]
             # Threshold (1 - u) * total with u in [0, 1): in (0, total], so that rounding never
             # picks a component of zero weight; the index counts the cumulative weights below it.
-            below = cdf.unsqueeze(1) < torch.addcmul(
-                total, u[:, b0 : b0 + block], total, value=-1.0
-            )
-            if k < 256:
-                idx[:, b0 : b0 + block] = below.view(torch.uint8).sum(0, dtype=torch.uint8)
+            diff = cdf.unsqueeze(1) - torch.addcmul(total, u[:, b0 : b0 + block], total, value=-1.0)
+            if diff.dtype == torch.float32:
+                # cdf < threshold exactly when the difference is negative (a difference of
+                # unequal floats is never zero): its sign bit, as 0 / -1, summed as integers,
+                # is half the cost of a comparison's bool tensor and its sum (the clamp: a NaN
+                # weight's sign bit is arbitrary)
+                sign = diff.view(torch.int32).bitwise_right_shift_(31)
+                idx[:, b0 : b0 + block] = sign.sum(0, dtype=torch.int32).neg_().clamp_(max=k - 1)
             else:
-                idx[:, b0 : b0 + block] = below.sum(0)
-        # No clamp needed: the threshold never exceeds total = cdf[-1], so idx <= K - 1.
+                idx[:, b0 : b0 + block] = (diff < 0).sum(0)
+        # Finite weights need no clamp: the threshold never exceeds total = cdf[-1], so idx <= K - 1.
         idx = idx.reshape(shape)
         if temperature.dim() and (temperature == 0).any():
             idx = torch.where(temperature.expand(shape) == 0, logits.argmax(-1).expand(shape), idx)
