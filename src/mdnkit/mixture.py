@@ -110,8 +110,12 @@ def _exp_sum0(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """
     m = a.amax(0).nan_to_num(0.0, 0.0, 0.0)
     d = a - m
-    # terms below e^EXP_FLOOR are exactly 0 (so rows of -inf stay -inf); differentiable ops
-    e = d.clamp(min=EXP_FLOOR).exp().masked_fill(d < EXP_FLOOR, 0.0)
+    # terms below e^EXP_FLOOR are exactly 0 (so rows of -inf stay -inf)
+    small = d < EXP_FLOOR
+    if torch.is_grad_enabled() and d.requires_grad:  # (double backward) differentiable ops
+        e = d.clamp(min=EXP_FLOOR).exp().masked_fill(small, 0.0)
+    else:  # in place: one temporary of floats and one of bools
+        e = d.clamp_(min=EXP_FLOOR).exp_().masked_fill_(small, 0.0)
     return e, e.sum(0), m
 
 
