@@ -196,7 +196,7 @@ class _DiagonalMixtureLogProb(torch.autograd.Function):
         )
 
 
-def _cumsum_component_major(p: Tensor) -> Tensor:
+def _cumsum_component_major(p: Tensor, out: Tensor | None = None) -> Tensor:
     """Cumulative sums over the last (component) dimension of ``p`` ``(..., K)``, as ``(K, B)``.
 
     One matrix product of a triangle of ones with ``p`` flattened to ``(B, K)`` and transposed
@@ -208,13 +208,16 @@ def _cumsum_component_major(p: Tensor) -> Tensor:
     p = p.reshape(-1, k)
     if k > 64 or p.dtype not in (torch.float32, torch.float64):
         return p.cumsum(-1).t()
-    return torch.ones(k, k, dtype=p.dtype, device=p.device).tril_() @ p.t()
+    tri = torch.ones(k, k, dtype=p.dtype, device=p.device).tril_()
+    if out is None:
+        return tri @ p.t()
+    return torch.mm(tri, p.t(), out=out.view(-1)[: p.numel()].view(k, -1))
 
 
 _SAMPLE_BLOCK_ELEMENTS = 1 << 18  # rows x components per block when drawing components
 
 
-def _weights_cdf(scaled: Tensor) -> Tensor:
+def _weights_cdf(scaled: Tensor, buffers: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Cumulative unnormalised weights ``(K, C)`` of logits ``scaled`` ``(C, K)``.
 
     The weights are exp(a - m) with the exponent clamped at -87 (float32; -708 for float64) so
@@ -227,7 +230,12 @@ def _weights_cdf(scaled: Tensor) -> Tensor:
     """
     floor = -87.0 if scaled.dtype != torch.float64 else -708.0
     top = scaled.amax().nan_to_num(0.0, 0.0, 0.0)
-    cdf = _cumsum_component_major((scaled - top).clamp_min_(floor).exp_())
+    if buffers is None:
+        w, out = scaled - top, None
+    else:  # reused across blocks: no fresh pages to fault in for every block
+        w = torch.sub(scaled, top, out=buffers[0].view(-1)[: scaled.numel()].view(scaled.shape))
+        out = buffers[1]
+    cdf = _cumsum_component_major(w.clamp_min_(floor).exp_(), out)
     if not bool(cdf[-1].amin() >= math.exp(-40.0)):
         arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         cdf = _cumsum_component_major(arg.clamp_min_(floor).exp_())
@@ -549,12 +557,18 @@ class GaussianMixture(Distribution):
         # Blocks of rows small enough for the temporaries to stay in cache (a Python loop over
         # blocks, not rows: 8 iterations for 200 000 rows of 10 components).
         block = max(1024, _SAMPLE_BLOCK_ELEMENTS // k)
+        size = min(block, nb) * k
+        buffers = (rows.new_empty(size), rows.new_empty(size)) if u.shape[0] == 1 else None
         for b0 in range(0, nb, block):
-            cdf = _weights_cdf(rows[b0 : b0 + block])  # (K, C)
+            cdf = _weights_cdf(rows[b0 : b0 + block], buffers)  # (K, C)
             total = cdf[-1]
             # Threshold (1 - u) * total with u in [0, 1): in (0, total], so that rounding never
             # picks a component of zero weight; the index counts the cumulative weights below it.
-            diff = cdf.unsqueeze(1) - torch.addcmul(total, u[:, b0 : b0 + block], total, value=-1.0)
+            thr = torch.addcmul(total, u[:, b0 : b0 + block], total, value=-1.0)
+            if buffers is not None:  # one draw per row: in place
+                diff = cdf.sub_(thr).unsqueeze(1)
+            else:
+                diff = cdf.unsqueeze(1) - thr
             if diff.dtype == torch.float32:
                 # cdf < threshold exactly when the difference is negative (a difference of
                 # unequal floats is never zero): its sign bit, as 0 / -1, summed as integers,
