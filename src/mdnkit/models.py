@@ -315,7 +315,7 @@ class MDN(nn.Module):
     def _fast_trainer(self) -> FastTrainer | None:
         """The autograd-free training step of :func:`mdnkit.fit` (:class:`FastTrainer`) when it
         applies: no dropout, ``tanh``/``relu``/``sigmoid`` activations, diagonal or spherical
-        components, every parameter trainable, on one device with one dtype; else None."""
+        components, every parameter trainable, on one device in float32 or float64; else None."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.head.proj]
         owned = {id(p) for lin in linears for p in (lin.weight, lin.bias)}
         params = list(self.parameters())
@@ -326,7 +326,7 @@ class MDN(nn.Module):
             and all(p.requires_grad for p in params)
             and {id(p) for p in params} == owned
             and len({(p.device, p.dtype) for p in params}) == 1
-            and params[0].is_floating_point()
+            and params[0].dtype in (torch.float32, torch.float64)  # half precision: autograd
         )
         return FastTrainer(self, linears) if ok else None
 
