@@ -224,9 +224,10 @@ sys.path.insert(0, {bench_dir!r})
 import bench_core as b
 which, n = sys.argv[1], int(sys.argv[2])
 fn = b._ours_loss if which == "ours" else b._torch_loss
-small = b._leaves(64, 10, 2, False)
-fn(*small, False).backward()              # warm-up: lazy initialisation outside the window
 leaves = b._leaves(n, 10, 2, False)
+fn(*leaves, False).backward()             # warm-up at full size: lazy initialisation, threads
+for t in leaves:
+    t.grad = None
 def status(key):
     with open("/proc/self/status") as f:
         for line in f:
@@ -257,6 +258,10 @@ def bench_memory(quick: bool) -> list[tuple[str, str, str, str]]:
                 capture_output=True,
                 text=True,
                 check=True,
+                # a fixed mmap threshold: every large buffer is mapped and unmapped, so the
+                # resident set follows the live tensors (glibc's adaptive threshold keeps freed
+                # buffers resident in the heap, which made the figures depend on history)
+                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
             )
             vals.append(int(res.stdout.strip().splitlines()[-1]))
         out[which] = statistics.median(vals)

@@ -133,7 +133,7 @@ def _diagonal_core(
     )
     lt = _component_major(logits.unsqueeze(-1), batch)[:, 0]  # (K, B)
     inv = _component_major(scale, batch).reciprocal()  # (K, C, B)
-    z = (_component_major(y, batch) - _component_major(loc, batch)) * inv  # (K, D, B)
+    z = (_component_major(y, batch) - _component_major(loc, batch)).mul_(inv)  # (K, D, B)
     d = loc.shape[-1]
     log_inv = inv.log()
     log_det = _sum1(log_inv) if inv.shape[1] == d else d * log_inv[:, 0]
@@ -178,9 +178,9 @@ class _DiagonalMixtureLogProb(torch.autograd.Function):
         r = e_a * (g / s_a)  # (K, B): responsibilities times the incoming gradient
         d_logits = r - e_l * (g / s_l)
         r1 = r.unsqueeze(1)
-        rzi = r1 * (z * inv)  # (K, D, B)
+        rzi = (z * inv).mul_(r1)  # (K, D, B); in place on temporaries: fewer full-size buffers
         if inv.shape[1] == d:
-            d_scale = rzi * z - r1 * inv
+            d_scale = (r1 * inv).neg_().addcmul_(rzi, z)  # r z^2 / sigma - r / sigma
         else:
             d_scale = (r * (_sum1(z * z) - d) * inv[:, 0]).unsqueeze(1)
         l_shape, m_shape, s_shape, y_shape = ctx.shapes
