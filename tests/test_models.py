@@ -248,6 +248,9 @@ def test_fast_trainer_applies_only_where_its_formulas_hold():
     assert MDN(1, 1, activation="gelu")._fast_trainer() is None
     assert MDN(2, 2, covariance="full")._fast_trainer() is None
     assert MDN(1, 1).bfloat16()._fast_trainer() is None
+    tied = MDN(1, 1, hidden=(4, 4))
+    tied.body[2].bias = tied.body[0].bias  # one bias shared by two layers
+    assert tied._fast_trainer() is None
     frozen = MDN(1, 1)
     frozen.head.proj.bias.requires_grad_(False)
     assert frozen._fast_trainer() is None

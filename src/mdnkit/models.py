@@ -325,6 +325,7 @@ class MDN(nn.Module):
             and self.head.covariance != "full"
             and all(p.requires_grad for p in params)
             and {id(p) for p in params} == owned
+            and len(owned) == 2 * len(linears)  # no parameter shared between layers
             and len({(p.device, p.dtype) for p in params}) == 1
             and params[0].dtype in (torch.float32, torch.float64)  # half precision: autograd
         )
