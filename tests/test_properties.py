@@ -169,7 +169,9 @@ def test_cdf_monotone_and_icdf_inverts(params, qs):
     hidden=st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
     d=st.integers(1, 3),
     k=st.integers(1, 4),
-    activation=st.sampled_from(["tanh", "relu", "sigmoid"]),
+    activation=st.sampled_from(
+        ["tanh", "relu", "sigmoid", "elu", "silu", "gelu", "softplus", "leaky_relu"]
+    ),
     covariance=st.sampled_from(["diagonal", "spherical"]),
     transform=st.sampled_from(["softplus", "exp", "elu"]),
     seed=st.integers(0, 2**31 - 1),

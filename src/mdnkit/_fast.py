@@ -32,11 +32,24 @@ __all__ = ["FastTrainer", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-# activation -> (in-place function, backward kernel taking (grad, output))
+_aten = torch.ops.aten
+
+# activation -> (function, whether it works in place, backward kernel taking (grad, output,
+# input)); each as the activation module in mdnkit.models builds it (default arguments).
+# In-place ones are written over their input, whose value the backward then does not need.
 _ACT = {
-    "relu": (torch.relu_, lambda g, a: torch.ops.aten.threshold_backward(g, a, 0)),
-    "tanh": (torch.tanh_, torch.ops.aten.tanh_backward),
-    "sigmoid": (torch.sigmoid_, torch.ops.aten.sigmoid_backward),
+    "relu": (torch.relu_, True, lambda g, a, z: _aten.threshold_backward(g, a, 0)),
+    "tanh": (torch.tanh_, True, lambda g, a, z: _aten.tanh_backward(g, a)),
+    "sigmoid": (torch.sigmoid_, True, lambda g, a, z: _aten.sigmoid_backward(g, a)),
+    "elu": (F.elu, False, lambda g, a, z: _aten.elu_backward(g, 1.0, 1.0, 1.0, True, a)),
+    "silu": (F.silu, False, lambda g, a, z: _aten.silu_backward(g, z)),
+    "gelu": (F.gelu, False, lambda g, a, z: _aten.gelu_backward(g, z)),
+    "softplus": (F.softplus, False, lambda g, a, z: _aten.softplus_backward(g, z, 1.0, 20.0)),
+    "leaky_relu": (
+        F.leaky_relu,
+        False,
+        lambda g, a, z: _aten.leaky_relu_backward(g, z, 0.01, False),
+    ),
 }
 ACTIVATIONS = frozenset(_ACT)
 
@@ -212,7 +225,7 @@ class FastTrainer:
         self.k, self.d = head.num_components, head.out_features
         self.spherical = head.covariance == "spherical"
         self.kind, self.floor = head.scale_transform, head.min_scale
-        self.act, self.act_backward = _ACT[model.activation]
+        self.act, self.in_place, self.act_backward = _ACT[model.activation]
         self.x_mean, self.x_std = model.x_mean, model.x_std
         self.y_mean, self.y_std = model.y_mean, model.y_std
         self.offset = 0.5 * self.d * _LOG_2PI + float(self.y_std.log().sum())
@@ -235,14 +248,18 @@ class FastTrainer:
         ``(N, in)`` and targets ``z`` ``(N, D)``; its gradient is written into ``flat.grad``."""
         n = x.shape[0]
         h = x.t()
-        hs = [h]
+        hs = [h]  # each layer's input
+        pres: list[Tensor | None] = [None]  # and, for activations not in place, its pre-activation
         act = self.act
         last = len(self.layers) - 1
         for i, (w, b, _, _) in enumerate(self.layers):
-            h = torch.addmm(b, w, h)
+            pre = torch.addmm(b, w, h)
             if i < last:
-                h = act(h)
+                h = act(pre)
                 hs.append(h)
+                pres.append(None if self.in_place else pre)
+            else:
+                h = pre
         g = torch.empty_like(h)
         total = nll_component_major(
             h, z.t(), self.k, self.d, self.spherical, self.kind, self.floor, g, 1.0 / n
@@ -252,7 +269,7 @@ class FastTrainer:
             torch.mm(g, hs[i].t(), out=gw)
             torch.sum(g, 1, out=gb)
             if i > 0:
-                g = self.act_backward(torch.mm(w.t(), g), hs[i])
+                g = self.act_backward(torch.mm(w.t(), g), hs[i], pres[i])
         return total.mul_(-1.0 / n).add_(self.offset)
 
     def release(self) -> None:

@@ -314,8 +314,8 @@ class MDN(nn.Module):
 
     def _fast_trainer(self) -> FastTrainer | None:
         """The autograd-free training step of :func:`mdnkit.fit` (:class:`FastTrainer`) when it
-        applies: no dropout, ``tanh``/``relu``/``sigmoid`` activations, diagonal or spherical
-        components, every parameter trainable, on one device in float32 or float64; else None."""
+        applies: no dropout, diagonal or spherical components, every parameter trainable, on
+        one device in float32 or float64, no parameter shared between layers; else None."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.head.proj]
         owned = {id(p) for lin in linears for p in (lin.weight, lin.bias)}
         params = list(self.parameters())

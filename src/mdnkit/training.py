@@ -314,8 +314,8 @@ def fit(
     Speed: on the CPU, when the model is small (parameters x batch size <= 2e6) the loop runs
     with one intra-op thread (``torch.set_num_threads(1)``, restored afterwards; the setting is
     process-wide): for tiny matrices threads cost more than they save.  For an
-    :class:`~mdnkit.MDN` without dropout, with ``tanh``/``relu``/``sigmoid`` activations and
-    diagonal or spherical components, trained from in-memory tensors, each step is
+    :class:`~mdnkit.MDN` without dropout, with diagonal or spherical components (any of its
+    activations), trained from in-memory tensors, each step is
     :class:`mdnkit._fast.FastTrainer`'s: the same loss and gradients as autograd's, without
     building a graph, in as few kernel calls as it can.  While ``fit`` runs, that model's
     parameters are views of one flat buffer (so clipping is one norm and Adam updates one
