@@ -117,6 +117,7 @@ def _profile(steps: int = 300, repeats: int = 5) -> None:
     model = MDN(1, 1, hidden=(15, 15), activation="relu", num_components=K)
     model.prepare(x, y)
     trainer = model._fast_trainer()
+    trainer.attach()
     opt = _make_optimizer("adam", [trainer.flat], 1e-3, 0.0, torch.device("cpu"))
     step = _direct_adam_step(opt) or opt.step
     names = ["batch slicing", "forward, loss, gradients", "clip_grad_norm", "Adam step"]

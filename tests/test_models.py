@@ -210,6 +210,7 @@ def test_fast_step_matches_autograd_of_the_generic_loss(activation, covariance, 
     before = [p.detach().clone() for p in params]
     trainer = m._fast_trainer()
     assert trainer is not None
+    trainer.attach()
     loss = trainer.step(*trainer.standardize(x, y))
     assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
     torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
@@ -239,10 +240,36 @@ def test_fast_step_scale_transforms(transform):
     generic = mdn_loss(m(x), y)
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
     trainer = m._fast_trainer()
+    trainer.attach()
     loss = trainer.step(*trainer.standardize(x, y))
     trainer.release()
     assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
     torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_trainer_touches_the_model_only_between_attach_and_release():
+    m = MDN(2, 1, hidden=(3,))
+    before = {id(p): p.data_ptr() for p in m.parameters()}
+    trainer = m._fast_trainer()
+    assert {id(p): p.data_ptr() for p in m.parameters()} == before  # not attached yet
+    trainer.release()  # nothing to release: a no-op
+    assert {id(p): p.data_ptr() for p in m.parameters()} == before
+
+
+def test_fit_gives_the_parameters_their_storage_back_after_an_error():
+    x, y = _sine(200, 5)
+    m = MDN(1, 1, hidden=(4,), num_components=2)
+
+    def fail(epoch, history):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(m, x, y, epochs=3, callback=fail, progress=False)
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    assert len(set(ptrs)) == len(ptrs)
+    assert all(
+        p.data.untyped_storage().nbytes() == p.numel() * p.element_size() for p in m.parameters()
+    )
 
 
 def test_fast_trainer_applies_only_where_its_formulas_hold():

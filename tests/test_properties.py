@@ -205,6 +205,7 @@ def test_fast_training_step_equals_autograd(
     expected = torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(generic, params)])
     trainer = m._fast_trainer()
     assert trainer is not None
+    trainer.attach()
     loss = trainer.step(*trainer.standardize(x, y))
     grad = trainer.flat.grad.clone()
     trainer.release()

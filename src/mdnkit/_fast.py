@@ -186,10 +186,11 @@ class FlatDiagonalNLL(torch.autograd.Function):
 class FastTrainer:
     r"""Training steps of an MLP-with-head MDN without autograd (see the module docstring).
 
-    While it lives, the model's parameters are views of :attr:`flat` (a leaf ``nn.Parameter``
-    whose ``.grad`` holds every gradient): give the optimiser ``[trainer.flat]``.  Anything
-    that changes the parameters in place (``load_state_dict``, the optimiser) changes
-    :attr:`flat`.  :meth:`release` gives every parameter its own storage back.
+    Between :meth:`attach` and :meth:`release` the model's parameters are views of :attr:`flat`
+    (a leaf ``nn.Parameter`` whose ``.grad`` holds every gradient): give the optimiser
+    ``[trainer.flat]``.  Anything that changes the parameters in place (``load_state_dict``,
+    the optimiser) then changes :attr:`flat`.  :meth:`release` gives every parameter its own
+    storage back (call it in a ``finally``).
 
     With :math:`h_0 = \tilde x`, :math:`h_l = f(W_l h_{l-1} + b_l)` and the head's
     :math:`\theta = W h_L + b`, the gradient :math:`G = \partial L/\partial\theta` comes from
@@ -209,15 +210,13 @@ class FastTrainer:
         self.flat.grad = torch.zeros_like(self.flat)
         self.layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         o = 0
-        with torch.no_grad():
-            views = []
-            for p in params:
-                m = p.numel()
-                self.flat[o : o + m].copy_(p.reshape(-1))
-                views.append((self.flat.data[o : o + m].view_as(p), self.flat.grad[o : o + m]))
-                o += m
-            for p, (v, _) in zip(params, views):
-                p.data = v
+        views = []
+        for p in params:
+            m = p.numel()
+            views.append((self.flat.data[o : o + m].view_as(p), self.flat.grad[o : o + m]))
+            o += m
+        self._views = [v for v, _ in views]
+        self.attached = False
         for i in range(0, len(views), 2):
             (w, gw), (b, gb) = views[i], views[i + 1]
             self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
@@ -272,9 +271,20 @@ class FastTrainer:
                 g = self.act_backward(torch.mm(w.t(), g), hs[i], pres[i])
         return total.mul_(-1.0 / n).add_(self.offset)
 
+    def attach(self) -> None:
+        """Copy the parameters into :attr:`flat` and make them views of it."""
+        with torch.no_grad():
+            for p, v in zip(self.params, self._views):
+                v.copy_(p)
+                p.data = v
+        self.attached = True
+
     def release(self) -> None:
-        """Give each parameter its own storage (and no gradient) again."""
+        """Give each parameter its own storage (and no gradient) again, if attached."""
+        if not self.attached:
+            return
         with torch.no_grad():
             for p in self.params:
                 p.data = p.data.clone()
                 p.grad = None
+        self.attached = False

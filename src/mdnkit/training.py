@@ -407,7 +407,7 @@ def fit(
         val = tuple(t.to(dev) for t in val)
 
     # MDN's autograd-free step (same loss and gradients, far fewer operations) when it applies;
-    # while it runs, the model's parameters are views of its one flat parameter
+    # while it runs (attach ... release below), the parameters are views of its flat parameter
     trainer = None
     if train is not None and len(train) == 2 and train[0].dim() == 2:
         make = getattr(model, "_fast_trainer", None)
@@ -445,6 +445,8 @@ def fit(
     fork_devices = [dev] if dev.type == "cuda" else []
     start = time.perf_counter()
     try:
+        if trainer is not None:
+            trainer.attach()  # the parameters become views of trainer.flat, until release()
         with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(int(seed))
