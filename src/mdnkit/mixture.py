@@ -693,39 +693,64 @@ class GaussianMixture(Distribution):
 
         A fixed-point (mean-shift) iteration for the stationary points of a Gaussian mixture,
         :math:`y \leftarrow \big(\sum_k r_k \Sigma_k^{-1}\big)^{-1} \sum_k r_k \Sigma_k^{-1}\mu_k`
-        with responsibilities :math:`r_k(y)`, is started from every component mean; the point of
-        highest density among the K results is returned.  Runs in float64.
+        with responsibilities :math:`r_k(y)` (an EM-like ascent of the density), is started
+        from every component mean; the point of highest density among the K results is
+        returned.  Each start stops on its own once a step moves it by at most
+        ``tol * (1 + |y|)`` (or after ``max_iter`` steps), so the work shrinks as starts
+        converge.  Runs in float64.
         """
         with torch.no_grad():
             mix = self._to(torch.float64)
-            d = self._d
-            # Starting points: each component mean, as an extra leading dim (K, *batch, D).
-            y = mix.loc.movedim(-2, 0).clone()
-            if mix.scale_tril is not None:
-                eye = torch.eye(d, dtype=torch.float64, device=y.device)
-                linv = torch.linalg.solve_triangular(
-                    mix.scale_tril, eye.expand_as(mix.scale_tril), upper=False
-                )
-                prec = linv.transpose(-1, -2) @ linv  # (..., K, D, D)
-                prec_mu = (prec @ mix.loc.unsqueeze(-1)).squeeze(-1)
+            k, d = self._k, self._d
+            batch = mix.batch_shape
+            nb = batch.numel()
+            logits = mix.logits.reshape(nb, k)
+            loc = mix.loc.reshape(nb, k, d)
+            full = mix.scale_tril is not None
+            if full:
+                tril = mix.scale_tril.reshape(nb, k, d, d)
+                eye = torch.eye(d, dtype=torch.float64, device=loc.device)
+                linv = torch.linalg.solve_triangular(tril, eye.expand_as(tril), upper=False)
+                prec = linv.transpose(-1, -2) @ linv  # (B, K, D, D)
+                prec_mu = (prec @ loc.unsqueeze(-1)).squeeze(-1)
+                spread = tril
             else:
-                prec = mix.component_variance.reciprocal()  # (..., K, D)
-                prec_mu = prec * mix.loc
+                spread = mix.scale.reshape(nb, k, -1)
+                prec = spread.square().reciprocal().expand(nb, k, d)  # (B, K, D)
+                prec_mu = prec * loc
+
+            def rows_mixture(rows: Tensor) -> GaussianMixture:
+                if full:
+                    return GaussianMixture(
+                        logits[rows], loc[rows], scale_tril=spread[rows], validate_args=False
+                    )
+                return GaussianMixture(logits[rows], loc[rows], spread[rows], validate_args=False)
+
+            # Starts: every component mean of every batch entry, (B * K, D); start s is in row s // K.
+            y = loc.reshape(nb * k, d).clone()
+            row_of = torch.arange(nb, device=loc.device).repeat_interleave(k)
+            active = torch.arange(nb * k, device=loc.device)
             for _ in range(max_iter):
-                r = mix.posterior(y).unsqueeze(-1)  # (K, *batch, K, 1)
-                if mix.scale_tril is not None:
-                    a = (r.unsqueeze(-1) * prec).sum(-3)
-                    b = (r * prec_mu).sum(-2)
+                if active.numel() == 0:
+                    break
+                rows = row_of[active]
+                ya = y[active]
+                r = rows_mixture(rows).posterior(ya).unsqueeze(-1)  # (A, K, 1)
+                if full:
+                    a = (r.unsqueeze(-1) * prec[rows]).sum(-3)
+                    b = (r * prec_mu[rows]).sum(-2)
                     new = torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
                 else:
-                    new = (r * prec_mu).sum(-2) / (r * prec).sum(-2)
-                delta = (new - y).abs().max()
-                y = new
-                if not torch.isfinite(delta) or float(delta) <= tol * (1.0 + float(y.abs().max())):
-                    break
-            best = mix.log_prob(y).argmax(0)  # (*batch,)
-            out = y.gather(0, best[None, ..., None].expand(1, *y.shape[1:])).squeeze(0)
-        return out.to(self.loc.dtype)
+                    new = (r * prec_mu[rows]).sum(-2) / (r * prec[rows]).sum(-2)
+                delta = (new - ya).abs().amax(-1)
+                y[active] = new
+                # a start that stopped moving, or whose step is not finite, is done
+                moving = torch.isfinite(delta) & (delta > tol * (1.0 + new.abs().amax(-1)))
+                active = active[moving]
+            density = rows_mixture(row_of).log_prob(y).reshape(nb, k)
+            best = density.argmax(-1)  # (B,)
+            out = y.reshape(nb, k, d).gather(1, best[:, None, None].expand(nb, 1, d))
+        return out.reshape(*batch, d).to(self.loc.dtype)
 
     def _to(self, dtype: torch.dtype) -> GaussianMixture:
         return GaussianMixture(
