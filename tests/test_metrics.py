@@ -83,6 +83,26 @@ def test_energy_score_equals_crps_in_1d():
     np.testing.assert_allclose(es.numpy(), ref.numpy(), atol=0.03)
 
 
+def test_energy_score_in_chunks_of_rows_equals_crps_in_1d(monkeypatch):
+    import mdnkit.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_ENERGY_CHUNK", 50_000)  # two rows a chunk here
+    m = _mixture_1d(3, batch=6)
+    y = torch.linspace(-3, 3, 6, dtype=torch.float64).reshape(6, 1)
+    es = energy_score(m, y, n_samples=20_000, generator=1, reduction="none")
+    assert es.shape == (6,)
+    ref = crps(m, y, reduction="none")[:, 0]
+    np.testing.assert_allclose(es.numpy(), ref.numpy(), atol=0.04)
+    # a y that broadcasts over the batch, and batch dims beyond the first
+    m2 = GaussianMixture(
+        m.logits.reshape(2, 3, -1), m.loc.reshape(2, 3, -1, 1), m.scale.reshape(2, 3, -1, 1)
+    )
+    es2 = energy_score(m2, torch.zeros(1), n_samples=20_000, generator=1, reduction="none")
+    ref2 = crps(m2, torch.zeros(1), reduction="none")[..., 0]
+    assert es2.shape == (2, 3)
+    np.testing.assert_allclose(es2.numpy(), ref2.numpy(), atol=0.04)
+
+
 def test_energy_score_reproducible_and_multivariate_reference():
     # Two independent N(0, 1) dims at y = 0: E||X|| = sqrt(pi/2), E||X - X'|| = sqrt(pi)
     m = GaussianMixture(torch.zeros(1), torch.zeros(1, 2), torch.ones(1, 2))
