@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .head import _scale_forward
 from .mixture import EXP_FLOOR
 
 __all__ = ["FastTrainer", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
@@ -55,15 +56,15 @@ ACTIVATIONS = frozenset(_ACT)
 
 
 def _scale(raw: Tensor, kind: str, floor: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """The head's scale transform (as :func:`mdnkit.head._scale_forward`) and, if asked, its
-    derivative: (sigma, d sigma / d raw)."""
+    """The head's scale transform and, if asked, its derivative: (sigma, d sigma / d raw)."""
+    sigma = _scale_forward(raw, kind, floor)
+    if not need_grad:
+        return sigma, None
     if kind == "softplus":
-        return F.softplus(raw).add_(floor), (torch.sigmoid(raw) if need_grad else None)
+        return sigma, torch.sigmoid(raw)
     if kind == "exp":
-        e = raw.clamp(max=80.0).exp_()
-        return e + floor, e
-    sigma = F.elu(raw).add_(1.0 + floor)  # the classic ELU + 1 + epsilon
-    return sigma, (torch.where(raw > 0, 1.0, sigma - floor) if need_grad else None)
+        return sigma, sigma - floor  # e^raw (clamped like the value)
+    return sigma, torch.where(raw > 0, 1.0, sigma - floor)  # ELU + 1: 1, or e^raw below 0
 
 
 def nll_component_major(
