@@ -95,6 +95,7 @@ def _write(tmp_path, text, name="d.csv"):
         ("a,b\n", None, "no data rows"),
         ("a,b\n1,2\n3\n", None, r"row 3: 1 cell, expected 2"),
         ("a,b\n1,2\n3,x\n", None, r"row 3, column 'b': expected a number, found 'x'"),
+        ("a,b\n1,2\n\n3,4\n5,x\n", None, r"row 5, column 'b'"),  # blank lines still count
         ("a,b\n1,nan\n", None, r"row 2, column 'b': expected a finite number"),
         ("a,b\ninf,1\n", None, r"row 2, column 'a': expected a finite number"),
         ("a,b\n1,2\n", ["z"], r"no column 'z'; the columns are: a, b"),

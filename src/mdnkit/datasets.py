@@ -119,8 +119,9 @@ def inverted_sine_entropy(noise: float = 1.0, n_y: int = 4001, n_x: int = 4001) 
 
 
 # ---------------------------------------------------------------------------------------- CSV
-def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]]:
-    """Read a CSV file: (display name, header, data rows).  Errors name the file."""
+def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
+    """Read a CSV file: (display name, header, data rows as (line number, cells)), blank lines
+    skipped.  Errors name the file."""
     name = os.fspath(path)
     if not os.path.exists(name):
         raise ValueError(f"{name}: no such file")
@@ -128,7 +129,10 @@ def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]
         raise ValueError(f"{name}: is a directory, expected a CSV file")
     try:
         with open(name, newline="", encoding="utf-8") as fh:
-            rows = [row for row in csv.reader(fh) if row and any(c.strip() for c in row)]
+            reader = csv.reader(fh)
+            rows = [
+                (reader.line_num, row) for row in reader if row and any(c.strip() for c in row)
+            ]
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"{name}: not a text CSV file ({exc.reason} at byte {exc.start})"
@@ -137,7 +141,7 @@ def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[list[str]]
         raise ValueError(f"{name}: malformed CSV ({exc})") from None
     if not rows:
         raise ValueError(f"{name}: empty file, expected a header row and data rows")
-    header = [c.strip() for c in rows[0]]
+    header = [c.strip() for c in rows[0][1]]
     return name, header, rows[1:]
 
 
@@ -217,8 +221,7 @@ def read_csv(
     if not rows:
         raise ValueError(f"{name}: no data rows, only a header ({', '.join(header)})")
     out = np.empty((len(rows), len(idx)), dtype=np.float64)
-    for r, row in enumerate(rows):
-        line = r + 2
+    for r, (line, row) in enumerate(rows):
         if len(row) != len(header):
             raise ValueError(
                 f"{name}, row {line}: {len(row)} cell{'' if len(row) == 1 else 's'}, expected {len(header)} like the header"
