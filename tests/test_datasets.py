@@ -114,6 +114,13 @@ def test_csv_bad_cell_in_unselected_column_is_ignored(tmp_path):
     np.testing.assert_array_equal(read_csv(p, ["a"]).ravel(), [1.0, 2.0])
 
 
+def test_csv_with_a_byte_order_mark_and_crlf_line_ends(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbfx,y\r\n1,2\r\n3,4\r\n")
+    assert read_csv_header(p) == ["x", "y"]
+    assert read_csv(p, "x").ravel().tolist() == [1.0, 3.0]
+
+
 def test_csv_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         read_csv(tmp_path / "nope.csv")

@@ -128,7 +128,8 @@ def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int,
     if os.path.isdir(name):
         raise ValueError(f"{name}: is a directory, expected a CSV file")
     try:
-        with open(name, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
+        with open(name, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             rows = [
                 (reader.line_num, row) for row in reader if row and any(c.strip() for c in row)
