@@ -131,9 +131,7 @@ def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int,
         # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
         with open(name, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
-            rows = [
-                (reader.line_num, row) for row in reader if row and any(c.strip() for c in row)
-            ]
+            rows = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"{name}: not a text CSV file ({exc.reason} at byte {exc.start})"
