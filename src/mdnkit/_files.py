@@ -18,7 +18,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     when it raises, delete it.
 
     Example:
-        >>> with atomic_path("/tmp/out.txt") as tmp:
+        >>> with atomic_path("out.txt") as tmp:
         ...     _ = Path(tmp).write_text("done")
     """
     target = Path(os.fspath(path))

@@ -211,8 +211,8 @@ def read_csv(
     non-numeric cell, NaN or inf.
 
     Example:
-        >>> write_csv("/tmp/t.csv", ["x", "y"], [[1, 2], [3, 4]])
-        >>> read_csv("/tmp/t.csv", ["y"]).ravel().tolist()
+        >>> write_csv("t.csv", ["x", "y"], [[1, 2], [3, 4]])
+        >>> read_csv("t.csv", ["y"]).ravel().tolist()
         [2.0, 4.0]
     """
     name, header, rows = _open_rows(path)
@@ -251,7 +251,7 @@ def write_csv(
     file.  Floats are written with ``repr`` precision, so they read back exactly.
 
     Example:
-        >>> write_csv("/tmp/t.csv", ["x", "y"], [[1.0, 2.0]])
+        >>> write_csv("t.csv", ["x", "y"], [[1.0, 2.0]])
     """
     name = os.fspath(path)
     header = [str(h) for h in header]
@@ -309,7 +309,7 @@ def load_uci(
 
     Example:
         >>> xtr, ytr, xte, yte = load_uci("yacht", split=0)  # doctest: +SKIP
-        >>> xtr.shape, yte.shape
+        >>> xtr.shape, yte.shape  # doctest: +SKIP
         ((277, 6), (31, 1))
     """
     base = Path(root) if root is not None else default_data_root()
