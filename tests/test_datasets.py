@@ -99,6 +99,7 @@ def _write(tmp_path, text, name="d.csv"):
         ("a,b\n1,nan\n", None, r"row 2, column 'b': expected a finite number"),
         ("a,b\ninf,1\n", None, r"row 2, column 'a': expected a finite number"),
         ("a,b\n1,2\n", ["z"], r"no column 'z'; the columns are: a, b"),
+        ("a;b\n1;2\n", ["a"], r"separated by ';'; expected commas"),
         ("a,b\n1,2\n", [5], r"position 5 out of range"),
     ],
 )

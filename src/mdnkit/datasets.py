@@ -193,7 +193,17 @@ def resolve_columns(
                 )
             out.append(i)
         else:
-            raise ValueError(f"{where}: no column {col!r}; the columns are: {', '.join(header)}")
+            hint = ""
+            if len(header) == 1:
+                sep = next((c for c in (";", "\t", "|") if c in header[0]), None)
+                if sep is not None:
+                    hint = (
+                        f" (the header looks separated by {sep!r}; expected commas: save the "
+                        "file as comma-separated CSV)"
+                    )
+            raise ValueError(
+                f"{where}: no column {col!r}; the columns are: {', '.join(header)}{hint}"
+            )
     return out
 
 
