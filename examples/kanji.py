@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdnkit.datasets import default_data_root
 from mdnkit.sequence import MDNRNN, pad_sequences
 from mdnkit.training import fit
 
@@ -43,10 +43,7 @@ DATA_FILE = "strokes/kanji.npz"
 
 def find_data(arg: str | None) -> Path:
     """The data folder: ``--data``, else ``$MDNKIT_DATA``, else ``../shared/data`` beside the checkout."""
-    root = arg or os.environ.get("MDNKIT_DATA")
-    if root is None:
-        root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = Path(root) / DATA_FILE
+    path = (Path(arg) if arg else default_data_root()) / DATA_FILE
     if not path.is_file():
         print(
             f"error: kanji data not found at {path} (give --data DIR or set MDNKIT_DATA)",
@@ -99,10 +96,8 @@ def draw(drawings: list[np.ndarray], path: Path, title: str, cols: int = 8) -> N
         ax.invert_yaxis()  # KanjiVG's y grows downwards
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdnkit.datasets import default_data_root
 from mdnkit.sequence import MDNRNN, windows
 from mdnkit.training import fit
 
@@ -46,10 +46,7 @@ SWIPE_JUMP = 0.15  # ... unless they are further apart than this on the screen (
 
 def find_data(arg: str | None) -> Path:
     """The data folder: ``--data``, else ``$MDNKIT_DATA``, else ``../shared/data`` beside the checkout."""
-    root = arg or os.environ.get("MDNKIT_DATA")
-    if root is None:
-        root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = Path(root) / DATA_FILE
+    path = (Path(arg) if arg else default_data_root()) / DATA_FILE
     if not path.is_file():
         print(
             f"error: touch data not found at {path} (give --data DIR or set MDNKIT_DATA)",
@@ -119,10 +116,8 @@ def draw(performances: list[np.ndarray], path: Path, title: str) -> None:
         ax.set_title(f"{len(p)} touches", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
