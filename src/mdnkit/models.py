@@ -45,6 +45,17 @@ def _positive_int(name: str, v: Any) -> int:
     return int(v)
 
 
+def _last_dim(name: str, v: Any, width: int, what: str, field: str, like: Tensor) -> Tensor:
+    """``v`` as a tensor of ``like``'s dtype and device whose last dimension is ``width``."""
+    if not isinstance(v, Tensor):
+        v = _as_float_tensor(name, v, like.dtype).to(like.device)
+    if v.dim() < 1 or v.shape[-1] != width:
+        raise ValueError(
+            f"expected {what} of shape (..., {field}={width}), found shape {tuple(v.shape)}"
+        )
+    return v if v.dtype == like.dtype else v.to(like.dtype)
+
+
 def _as_float_tensor(name: str, v: Any, dtype: torch.dtype) -> Tensor:
     if isinstance(v, Tensor):
         t = v.detach()
@@ -198,30 +209,14 @@ class MDN(nn.Module):
 
     # ------------------------------------------------------------------ data handling
     def _check_x(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            x = _as_float_tensor("x", x, self.x_mean.dtype).to(self.x_mean.device)
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"expected inputs of shape (..., in_features={self.in_features}), "
-                f"found shape {tuple(x.shape)}"
-            )
-        if x.dtype != self.x_mean.dtype:
-            x = x.to(self.x_mean.dtype)
-        return x
+        return _last_dim("x", x, self.in_features, "inputs", "in_features", self.x_mean)
 
     def _check_y(self, y: Tensor, x: Tensor) -> Tensor:
         if not isinstance(y, Tensor):
             y = _as_float_tensor("y", y, self.y_mean.dtype).to(self.y_mean.device)
         if self.out_features == 1 and y.dim() == x.dim() - 1 and y.shape == x.shape[:-1]:
             y = y.unsqueeze(-1)
-        if y.dim() < 1 or y.shape[-1] != self.out_features:
-            raise ValueError(
-                f"expected targets of shape (..., out_features={self.out_features}), "
-                f"found shape {tuple(y.shape)}"
-            )
-        if y.dtype != self.y_mean.dtype:
-            y = y.to(self.y_mean.dtype)
-        return y
+        return _last_dim("y", y, self.out_features, "targets", "out_features", self.y_mean)
 
     @torch.no_grad()
     def prepare(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> MDN:
