@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mdnkit import GaussianMixture, mdn_loss
+from mdnkit import GaussianMixture, MDNHead, mdn_loss
 from mdnkit.models import MDN
 from mdnkit.training import fit
 
@@ -312,7 +312,8 @@ def test_fast_nll_pieces_hold_no_denormal_floats():
     params = torch.cat([loc, raw, logits])
     z = torch.linspace(-1, 1, n).unsqueeze(0)
     grad = torch.empty_like(params)
-    total = nll_component_major(params, z, k, 1, False, "softplus", 1e-3, grad, 1.0 / n)
+    head = MDNHead(1, 1, k, scale_transform="softplus", min_scale=1e-3)
+    total = nll_component_major(params, z, head, grad, 1.0 / n)
     tiny = torch.finfo(grad.dtype).tiny
     assert bool(((grad == 0) | (grad.abs() >= tiny)).all())
     # the same value as the distribution's log-density (which drops nothing)

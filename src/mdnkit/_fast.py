@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .head import _scale_forward
+from .head import MDNHead, _scale_forward
 from .mixture import EXP_FLOOR
 
 __all__ = ["FastTrainer", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
@@ -70,19 +70,16 @@ def _scale(raw: Tensor, kind: str, floor: float, need_grad: bool) -> tuple[Tenso
 def nll_component_major(
     params: Tensor,
     z: Tensor,
-    k: int,
-    d: int,
-    spherical: bool,
-    kind: str,
-    floor: float,
+    head: MDNHead,
     grad_out: Tensor | None = None,
     grad_scale: float = 1.0,
 ) -> Tensor:
     r"""The sum over rows of :math:`\operatorname{lse}_k(\log\pi_k + c_k)`, the log-density of
     the standardised targets *without* the constant :math:`-\tfrac D2\log 2\pi`.
 
-    ``params`` ``(P, N)``: the head's flat parameters, one column per row (component-major;
-    rows ``[means K·D | raw scales K·D or K | logits K]``), ``z`` ``(D, N)`` (any strides).
+    ``params`` ``(P, N)``: ``head``'s flat parameters (diagonal or spherical), one column per
+    row (component-major; rows ``[means K·D | raw scales K·D or K | logits K]``), ``z``
+    ``(D, N)`` (any strides).
     With :math:`u_k = (z - \mu_k)/\sigma_k`, :math:`c_k = -\sum_d\log\sigma_{kd} -
     \tfrac12\lVert u_k\rVert^2`, responsibilities :math:`r_k` and weights :math:`\pi_k`, the
     gradients of the *negative* sum are :math:`\pi_k - r_k` (logits), :math:`-r_k u_k/\sigma_k`
@@ -90,14 +87,15 @@ def nll_component_major(
     times the scale transform's derivative; if ``grad_out`` ``(P, N)`` is given they are
     written into it, times ``grad_scale``.
     """
-    n = params.shape[-1]
+    k, d, n = head.num_components, head.out_features, params.shape[-1]
+    spherical = head.covariance == "spherical"
     ds = 1 if spherical else d
     kd, ks = k * d, k * ds
     loc = params[:kd].view(k, d, n)
     raw = params[kd : kd + ks].view(k, ds, n)
     logits = params[kd + ks :]
     need_grad = grad_out is not None
-    sigma, dsigma = _scale(raw, kind, floor, need_grad)
+    sigma, dsigma = _scale(raw, head.scale_transform, head.min_scale, need_grad)
     inv = sigma.reciprocal_()
     nu = (loc - z).mul_(inv)  # -u
     uu = nu * nu
@@ -137,23 +135,16 @@ def nll_component_major(
 
 
 def flat_nll(
-    params: Tensor,
-    z: Tensor,
-    k: int,
-    d: int,
-    spherical: bool,
-    kind: str,
-    floor: float,
-    need_grad: bool,
+    params: Tensor, z: Tensor, head: MDNHead, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     """Mean NLL of ``z`` ``(..., D)`` under row-major head parameters ``(..., P)`` and, if
     ``need_grad``, its gradient with respect to ``params`` (same shape)."""
-    shape = params.shape
+    shape, d = params.shape, head.out_features
     pt = params.reshape(-1, shape[-1]).t().contiguous()
     zt = z.reshape(-1, d).t()
     n = pt.shape[1]
     g = torch.empty_like(pt) if need_grad else None
-    total = nll_component_major(pt, zt, k, d, spherical, kind, floor, g, 1.0 / n)
+    total = nll_component_major(pt, zt, head, g, 1.0 / n)
     out = 0.5 * d * _LOG_2PI - total / n
     return out, (g.t().reshape(shape) if g is not None else None)
 
@@ -167,12 +158,8 @@ class FlatDiagonalNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, params: Tensor, z: Tensor, k: int, d: int, spherical: bool, kind: str, floor: float
-    ) -> Tensor:
-        out, grad = flat_nll(
-            params, z, k, d, spherical, kind, floor, need_grad=ctx.needs_input_grad[0]
-        )
+    def forward(ctx, params: Tensor, z: Tensor, head: MDNHead) -> Tensor:
+        out, grad = flat_nll(params, z, head, need_grad=ctx.needs_input_grad[0])
         if grad is not None:
             ctx.save_for_backward(grad)
         return out
@@ -181,7 +168,7 @@ class FlatDiagonalNLL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         (d_params,) = ctx.saved_tensors
-        return d_params * grad, None, None, None, None, None, None
+        return d_params * grad, None, None
 
 
 class FastTrainer:
@@ -221,14 +208,11 @@ class FastTrainer:
         for i in range(0, len(views), 2):
             (w, gw), (b, gb) = views[i], views[i + 1]
             self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
-        head = model.head
-        self.k, self.d = head.num_components, head.out_features
-        self.spherical = head.covariance == "spherical"
-        self.kind, self.floor = head.scale_transform, head.min_scale
+        self.head = model.head
         self.act, self.in_place, self.act_backward = _ACT[model.activation]
         self.x_mean, self.x_std = model.x_mean, model.x_std
         self.y_mean, self.y_std = model.y_mean, model.y_std
-        self.offset = 0.5 * self.d * _LOG_2PI + float(self.y_std.log().sum())
+        self.offset = 0.5 * self.head.out_features * _LOG_2PI + float(self.y_std.log().sum())
 
     def standardize(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``(N, in)`` and targets ``(N, D)`` in the network's standardised units
@@ -261,9 +245,7 @@ class FastTrainer:
             else:
                 h = pre
         g = torch.empty_like(h)
-        total = nll_component_major(
-            h, z.t(), self.k, self.d, self.spherical, self.kind, self.floor, g, 1.0 / n
-        )
+        total = nll_component_major(h, z.t(), self.head, g, 1.0 / n)
         for i in range(last, -1, -1):
             w, _, gw, gb = self.layers[i]
             torch.mm(g, hs[i].t(), out=gw)

@@ -294,15 +294,7 @@ class MDN(nn.Module):
         if weight is None and head.covariance != "full" and z.shape[:-1] == params.shape[:-1]:
             if params.dtype in (torch.float16, torch.bfloat16):
                 params = params.float()
-            nll = FlatDiagonalNLL.apply(
-                params,
-                z.to(params.dtype),
-                head.num_components,
-                head.out_features,
-                head.covariance == "spherical",
-                head.scale_transform,
-                head.min_scale,
-            )
+            nll = FlatDiagonalNLL.apply(params, z.to(params.dtype), head)
         else:
             nll = mdn_loss(head.mixture(params), z, weight=weight)
         return nll + self.y_std.log().sum()
