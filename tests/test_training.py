@@ -120,22 +120,23 @@ def test_early_stopping_restores_the_best_weights():
     assert m.loss(val).item() < h.val_nll[-1]
 
 
+# 256 rows in 8 batches of 32 an epoch, no validation split, a fixed rate unless halved
+_NAN_RUN = dict(
+    epochs=4,
+    batch_size=32,
+    lr=1e-2,
+    validation_split=0.0,
+    lr_schedule=None,
+    seed=0,
+    progress=False,
+)
+
+
 def test_nan_loss_rolls_back_and_halves_the_learning_rate():
     x, y = _data(256)
     torch.manual_seed(0)
     m = _NaNOnce({10})  # epoch 1 (8 batches of 32 per epoch, no validation split)
-    h = fit(
-        m,
-        x,
-        y,
-        epochs=4,
-        batch_size=32,
-        lr=1e-2,
-        validation_split=0.0,
-        lr_schedule=None,
-        seed=0,
-        progress=False,
-    )
+    h = fit(m, x, y, **_NAN_RUN)
     assert h.nan_recoveries == 1
     assert len(h.train_nll) == 4 and all(math.isfinite(v) for v in h.train_nll)
     assert h.lr == [1e-2, 5e-3, 5e-3, 5e-3]
@@ -370,18 +371,7 @@ def test_fast_path_nan_rolls_back_and_halves_the_rate(monkeypatch):
     monkeypatch.setattr(_fast.FastTrainer, "step", poisoned)
     x, y = _data(256)
     m = MDN(2, 1, hidden=(8,), num_components=3)
-    h = fit(
-        m,
-        x,
-        y,
-        epochs=4,
-        batch_size=32,
-        lr=1e-2,
-        validation_split=0.0,
-        lr_schedule=None,
-        seed=0,
-        progress=False,
-    )
+    h = fit(m, x, y, **_NAN_RUN)
     assert calls["n"] == 5 * 8  # epoch 1 ran twice
     assert h.nan_recoveries == 1
     assert h.lr == [1e-2, 5e-3, 5e-3, 5e-3]
