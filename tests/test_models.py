@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 
 from mdnkit import GaussianMixture, MDNHead, mdn_loss
 from mdnkit.models import MDN
@@ -237,6 +238,24 @@ def test_fast_step_scale_transforms(transform):
     m.prepare(x, y)
     with torch.no_grad():
         m.head.proj.bias.add_(torch.linspace(-2.0, 2.0, m.head.proj.bias.numel()))
+    generic = mdn_loss(m(x), y)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
+    trainer = m._fast_trainer()
+    trainer.attach()
+    loss = trainer.step(*trainer.standardize(x, y))
+    trainer.release()
+    assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
+    torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_step_uses_the_activation_modules_own_settings():
+    torch.manual_seed(0)
+    m = MDN(2, 1, hidden=(5, 5), activation="leaky_relu", num_components=3).double()
+    for i in (1, 3):
+        m.body[i] = nn.LeakyReLU(0.3)  # not the default slope
+    x = torch.randn(30, 2, dtype=torch.float64)
+    y = torch.randn(30, 1, dtype=torch.float64)
+    m.prepare(x, y)
     generic = mdn_loss(m(x), y)
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
     trainer = m._fast_trainer()

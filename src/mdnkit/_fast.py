@@ -21,6 +21,8 @@ operations as it can:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +37,35 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 _aten = torch.ops.aten
 
-# activation -> (function, whether it works in place, backward kernel taking (grad, output,
-# input)); each as the activation module in mdnkit.models builds it (default arguments).
-# In-place ones are written over their input, whose value the backward then does not need.
-_ACT = {
-    "relu": (torch.relu_, True, lambda g, a, z: _aten.threshold_backward(g, a, 0)),
-    "tanh": (torch.tanh_, True, lambda g, a, z: _aten.tanh_backward(g, a)),
-    "sigmoid": (torch.sigmoid_, True, lambda g, a, z: _aten.sigmoid_backward(g, a)),
-    "elu": (F.elu, False, lambda g, a, z: _aten.elu_backward(g, 1.0, 1.0, 1.0, True, a)),
-    "silu": (F.silu, False, lambda g, a, z: _aten.silu_backward(g, z)),
-    "gelu": (F.gelu, False, lambda g, a, z: _aten.gelu_backward(g, z)),
-    "softplus": (F.softplus, False, lambda g, a, z: _aten.softplus_backward(g, z, 1.0, 20.0)),
-    "leaky_relu": (
-        F.leaky_relu,
+# activation module type -> its (function, whether it works in place, backward kernel taking
+# (grad, output, input)), built with the module's own settings.  In-place ones are written
+# over their input, whose value the backward then does not need.
+ACTIVATIONS: dict[type[nn.Module], Callable[[Any], tuple[Callable, bool, Callable]]] = {
+    nn.ReLU: lambda m: (torch.relu_, True, lambda g, a, z: _aten.threshold_backward(g, a, 0)),
+    nn.Tanh: lambda m: (torch.tanh_, True, lambda g, a, z: _aten.tanh_backward(g, a)),
+    nn.Sigmoid: lambda m: (torch.sigmoid_, True, lambda g, a, z: _aten.sigmoid_backward(g, a)),
+    nn.ELU: lambda m: (
+        lambda z: F.elu(z, m.alpha),
         False,
-        lambda g, a, z: _aten.leaky_relu_backward(g, z, 0.01, False),
+        lambda g, a, z: _aten.elu_backward(g, m.alpha, 1.0, 1.0, True, a),
+    ),
+    nn.SiLU: lambda m: (F.silu, False, lambda g, a, z: _aten.silu_backward(g, z)),
+    nn.GELU: lambda m: (
+        lambda z: F.gelu(z, approximate=m.approximate),
+        False,
+        lambda g, a, z: _aten.gelu_backward(g, z, approximate=m.approximate),
+    ),
+    nn.Softplus: lambda m: (
+        lambda z: F.softplus(z, m.beta, m.threshold),
+        False,
+        lambda g, a, z: _aten.softplus_backward(g, z, m.beta, m.threshold),
+    ),
+    nn.LeakyReLU: lambda m: (
+        lambda z: F.leaky_relu(z, m.negative_slope),
+        False,
+        lambda g, a, z: _aten.leaky_relu_backward(g, z, m.negative_slope, False),
     ),
 }
-ACTIVATIONS = frozenset(_ACT)
 
 
 def _scale(raw: Tensor, kind: str, floor: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -209,7 +222,11 @@ class FastTrainer:
             (w, gw), (b, gb) = views[i], views[i + 1]
             self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
         self.head = model.head
-        self.act, self.in_place, self.act_backward = _ACT[model.activation]
+        # the hidden layers' activation module (none without hidden layers)
+        act = next((m for m in model.body if not isinstance(m, nn.Linear)), nn.Identity())
+        self.act, self.in_place, self.act_backward = (
+            ACTIVATIONS[type(act)](act) if len(linears) > 1 else (None, True, None)
+        )
         self.x_mean, self.x_std = model.x_mean, model.x_std
         self.y_mean, self.y_std = model.y_mean, model.y_std
         self.offset = 0.5 * self.head.out_features * _LOG_2PI + float(self.y_std.log().sum())

@@ -308,7 +308,7 @@ class MDN(nn.Module):
         params = list(self.parameters())
         ok = (
             self.dropout == 0.0
-            and self.activation in FAST_ACTIVATIONS
+            and all(type(m) in FAST_ACTIVATIONS for m in self.body if not isinstance(m, nn.Linear))
             and self.head.covariance != "full"
             and all(p.requires_grad for p in params)
             and {id(p) for p in params} == owned
