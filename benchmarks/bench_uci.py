@@ -130,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, list[dict]]] = {}
     for name in sets:
-        n = (
-            _n_splits(root, name)
-            if args.splits is None
-            else min(args.splits, _n_splits(root, name))
-        )
+        n = min(args.splits or math.inf, _n_splits(root, name))
         results[name] = {}
         for k in ks:
             res = run_set(root, name, n, k)
