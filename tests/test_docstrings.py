@@ -31,8 +31,11 @@ MODULES = [
     "mdnkit.datasets",
     "mdnkit.sequence",
     "mdnkit.cli",
-    "mdnkit._fast",
-    "mdnkit._files",
+    "mdnkit.fast",
+    "mdnkit.files",
+    "mdnkit.layout",
+    "mdnkit.checks",
+    "mdnkit.options",
 ]
 
 

@@ -209,10 +209,10 @@ def test_fast_step_matches_autograd_of_the_generic_loss(activation, covariance, 
     generic = mdn_loss(m(x), y)  # through GaussianMixture, in data units
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, params)])
     before = [p.detach().clone() for p in params]
-    trainer = m._fast_trainer()
+    trainer = m.fast_step(x, y)
     assert trainer is not None
     trainer.attach()
-    loss = trainer.step(*trainer.standardize(x, y))
+    loss = trainer.step(*trainer.prepare(x, y))
     assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
     torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
     # the parameters are views of the flat buffer until released
@@ -233,9 +233,9 @@ def _assert_fast_step_equals_autograd(m, x, y):
     """One fast training step: the loss and every gradient of autograd through the mixture."""
     generic = mdn_loss(m(x), y)
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
-    trainer = m._fast_trainer()
+    trainer = m.fast_step(x, y)
     trainer.attach()
-    loss = trainer.step(*trainer.standardize(x, y))
+    loss = trainer.step(*trainer.prepare(x, y))
     trainer.release()
     assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
     torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
@@ -266,8 +266,9 @@ def test_fast_step_uses_the_activation_modules_own_settings():
 
 def test_fast_trainer_touches_the_model_only_between_attach_and_release():
     m = MDN(2, 1, hidden=(3,))
+    x, y = torch.randn(5, 2), torch.randn(5, 1)
     before = {id(p): p.data_ptr() for p in m.parameters()}
-    trainer = m._fast_trainer()
+    trainer = m.fast_step(x, y)
     assert {id(p): p.data_ptr() for p in m.parameters()} == before  # not attached yet
     trainer.release()  # nothing to release: a no-op
     assert {id(p): p.data_ptr() for p in m.parameters()} == before
@@ -290,16 +291,18 @@ def test_fit_gives_the_parameters_their_storage_back_after_an_error():
 
 
 def test_fast_trainer_applies_only_where_its_formulas_hold():
-    assert MDN(1, 1)._fast_trainer() is not None
-    assert MDN(1, 1, dropout=0.1)._fast_trainer() is None
-    assert MDN(2, 2, covariance="full")._fast_trainer() is None
-    assert MDN(1, 1).bfloat16()._fast_trainer() is None
+    x, y = torch.randn(5, 1), torch.randn(5, 1)
+    assert MDN(1, 1).fast_step(x, y) is not None
+    assert MDN(1, 1).fast_step(x.unsqueeze(0), y.unsqueeze(0)) is None  # rows only
+    assert MDN(1, 1, dropout=0.1).fast_step(x, y) is None
+    assert MDN(1, 2, covariance="full").fast_step(x, torch.randn(5, 2)) is None
+    assert MDN(1, 1).bfloat16().fast_step(x, y) is None
     tied = MDN(1, 1, hidden=(4, 4))
     tied.body[2].bias = tied.body[0].bias  # one bias shared by two layers
-    assert tied._fast_trainer() is None
+    assert tied.fast_step(x, y) is None
     frozen = MDN(1, 1)
     frozen.head.proj.bias.requires_grad_(False)
-    assert frozen._fast_trainer() is None
+    assert frozen.fast_step(x, y) is None
 
 
 def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
@@ -309,7 +312,7 @@ def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
         torch.manual_seed(0)
         m = MDN(1, 1, hidden=(8, 8), num_components=3).double()
         if not fast:
-            monkeypatch.setattr(m, "_fast_trainer", lambda: None)
+            monkeypatch.setattr(m, "fast_step", lambda *data: None)
         histories.append(fit(m, x.double(), y.double(), epochs=3, seed=0, progress=False))
         weights.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
         # parameters own their storage again (safetensors refuses shared memory)
@@ -320,7 +323,7 @@ def test_fit_with_and_without_the_fast_path_agree(monkeypatch):
 
 
 def test_fast_nll_pieces_hold_no_denormal_floats():
-    from mdnkit._fast import nll_component_major
+    from mdnkit.fast import nll_component_major
 
     k, n = 4, 8
     loc = torch.zeros(k, n)
@@ -334,11 +337,10 @@ def test_fast_nll_pieces_hold_no_denormal_floats():
     tiny = torch.finfo(grad.dtype).tiny
     assert bool(((grad == 0) | (grad.abs() >= tiny)).all())
     # the same value as the distribution's log-density (which drops nothing)
-    from mdnkit.head import _scale_forward
-
-    ref = GaussianMixture(
-        logits.t(), loc.t().unsqueeze(-1), _scale_forward(raw, "softplus", 1e-3).t().unsqueeze(-1)
-    ).log_prob(z.t())
+    sigma = torch.nn.functional.softplus(raw) + 1e-3
+    ref = GaussianMixture(logits.t(), loc.t().unsqueeze(-1), sigma.t().unsqueeze(-1)).log_prob(
+        z.t()
+    )
     assert total.item() - n * 0.5 * math.log(2 * math.pi) == pytest.approx(
         ref.sum().item(), rel=1e-6
     )

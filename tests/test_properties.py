@@ -203,10 +203,10 @@ def test_fast_training_step_equals_autograd(
     params = list(m.parameters())
     generic = mdn_loss(m(x), y)
     expected = torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(generic, params)])
-    trainer = m._fast_trainer()
+    trainer = m.fast_step(x, y)
     assert trainer is not None
     trainer.attach()
-    loss = trainer.step(*trainer.standardize(x, y))
+    loss = trainer.step(*trainer.prepare(x, y))
     grad = trainer.flat.grad.clone()
     trainer.release()
     np.testing.assert_allclose(loss.item(), generic.item(), rtol=1e-10)

@@ -356,10 +356,10 @@ def test_direct_adam_step_declines_what_it_does_not_cover():
 
 
 def test_fast_path_nan_rolls_back_and_halves_the_rate(monkeypatch):
-    from mdnkit import _fast
+    from mdnkit import fast as _fast
 
     calls = {"n": 0}
-    real_step = _fast.FastTrainer.step
+    real_step = _fast.MLPFastStep.step
 
     def poisoned(self, x, z):
         loss = real_step(self, x, z)
@@ -368,7 +368,7 @@ def test_fast_path_nan_rolls_back_and_halves_the_rate(monkeypatch):
             self.flat.grad[0] = float("nan")
         return loss
 
-    monkeypatch.setattr(_fast.FastTrainer, "step", poisoned)
+    monkeypatch.setattr(_fast.MLPFastStep, "step", poisoned)
     x, y = _data(256)
     m = MDN(2, 1, hidden=(8,), num_components=3)
     h = fit(m, x, y, **_NAN_RUN)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import atomic_path
+from .files import atomic_path
 
 __all__ = ["main", "build_parser", "DEMO_MODEL", "DEMO_FIT"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_path
+from .files import atomic_path
 
 __all__ = [
     "INVERTED_SINE_ENTROPY",

@@ -317,7 +317,10 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         return self.model_.state_dict()
 
     @classmethod
-    def _from_saved(cls, config: dict[str, Any], state: dict[str, torch.Tensor]) -> MDNRegressor:
+    def from_saved(cls, config: dict[str, Any], state: dict[str, torch.Tensor]) -> MDNRegressor:
+        """Rebuild a fitted estimator from :meth:`config` and :meth:`state_dict` (what
+        :func:`mdnkit.load` calls; classes with this method are built by it, not by
+        ``cls(**config)``)."""
         params = dict(config["params"])
         params["hidden"] = tuple(params["hidden"])
         est = cls(**params)

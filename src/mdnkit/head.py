@@ -2,58 +2,23 @@
 
 ``MDNHead(in_features, out_features, num_components)`` can be put at the end of any network
 (MLP, RNN, transformer): its ``forward(h)`` returns a :class:`~mdnkit.GaussianMixture` with
-``batch_shape = h.shape[:-1]``.
-
-Flat parameter layout (the last dimension of :meth:`MDNHead.params`), with K components and D
-output dimensions, the same order as the classic Keras MDN layer:
-
-=================  =====================  ==============================================
-block              size                   meaning
-=================  =====================  ==============================================
-means              K·D                    component-major: μ_1,1 … μ_1,D, μ_2,1 …
-scales             K·D (diagonal)         raw σ, through the scale transform
-                   K (spherical)          one raw σ per component
-                   K·D(D+1)/2 (full)      per component: D raw diagonal entries of L
-                                          (through the transform), then the D(D−1)/2
-                                          strictly-lower entries row by row (unconstrained)
-logits             K                      mixture logits
-=================  =====================  ==============================================
+``batch_shape = h.shape[:-1]``.  The flat parameter layout (the last dimension of
+:meth:`MDNHead.params`) and the scale transforms are described in :mod:`mdnkit.layout`; the head
+keeps its :class:`~mdnkit.layout.HeadLayout` as :attr:`MDNHead.layout`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from .mixture import CovarianceType, GaussianMixture
+from . import checks
+from .layout import DEFAULT_MIN_SCALE, HeadLayout
+from .mixture import GaussianMixture
+from .options import CovarianceType, InitMethod, ScaleTransform
 
 __all__ = ["MDNHead", "ScaleTransform", "kmeans"]
-
-ScaleTransform = Literal["softplus", "exp", "elu"]
-_TRANSFORMS = ("softplus", "exp", "elu")
-_COVARIANCES = ("diagonal", "spherical", "full")
-
-
-def _scale_forward(raw: Tensor, kind: str, floor: float) -> Tensor:
-    if kind == "softplus":
-        return F.softplus(raw) + floor
-    if kind == "exp":
-        return torch.exp(raw.clamp(max=80.0)) + floor
-    return F.elu(raw) + 1.0 + floor  # the classic ELU + 1 + epsilon
-
-
-def _scale_inverse(value: Tensor, kind: str, floor: float) -> Tensor:
-    v = (value - floor).clamp_min(1e-6)
-    if kind == "softplus":
-        return v + torch.log(-torch.expm1(-v))
-    if kind == "exp":
-        return v.log()
-    return torch.where(v > 1, v - 1, v.log())
 
 
 def kmeans(
@@ -101,18 +66,16 @@ class MDNHead(nn.Module):
     r"""Features → Gaussian-mixture parameters → :class:`~mdnkit.GaussianMixture`.
 
     One linear layer produces, for every input row, the K·D means, the scales and the K logits
-    (layout in the module docstring).  Scales go through a positive transform with a floor:
-
-    * ``"softplus"``: :math:`\sigma = \log(1 + e^{a}) + \sigma_{min}` (default);
-    * ``"exp"``: :math:`\sigma = e^{a} + \sigma_{min}`;
-    * ``"elu"``: :math:`\sigma = \operatorname{ELU}(a) + 1 + \sigma_{min}` (the classic Keras layer's).
+    in the order of :mod:`mdnkit.layout`.  Scales go through a positive transform with a floor,
+    :math:`\sigma = t(a) + \sigma_{min}`, with :math:`t` softplus (default), exp or ELU + 1
+    (the classic Keras layer's); formulas in :mod:`mdnkit.layout`.
 
     Args:
         in_features: size of the incoming features.
         out_features: D, the dimension of the target.
         num_components: K.
         covariance: ``"diagonal"``, ``"spherical"`` or ``"full"``.
-        scale_transform: one of the transforms above.
+        scale_transform: ``"softplus"``, ``"exp"`` or ``"elu"``.
         min_scale: :math:`\sigma_{min} > 0`, the floor that stops a component collapsing onto a point.
 
     Example:
@@ -130,48 +93,45 @@ class MDNHead(nn.Module):
         num_components: int,
         covariance: CovarianceType = "diagonal",
         scale_transform: ScaleTransform = "softplus",
-        min_scale: float = 1e-4,
+        min_scale: float = DEFAULT_MIN_SCALE,
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-            ("num_components", num_components),
-        ):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, found {v!r}")
-        if covariance not in _COVARIANCES:
-            raise ValueError(f"covariance must be one of {_COVARIANCES}, found {covariance!r}")
-        if scale_transform not in _TRANSFORMS:
-            raise ValueError(
-                f"scale_transform must be one of {_TRANSFORMS}, found {scale_transform!r}"
-            )
-        if not (
-            isinstance(min_scale, (int, float)) and min_scale >= 0 and math.isfinite(min_scale)
-        ):
-            raise ValueError(f"min_scale must be a finite number >= 0, found {min_scale!r}")
-        self.in_features = int(in_features)
-        self.out_features = d = int(out_features)
-        self.num_components = k = int(num_components)
-        self.covariance = covariance
-        self.scale_transform = scale_transform
-        self.min_scale = float(min_scale)
-        if covariance == "diagonal":
-            self._n_scale = k * d
-        elif covariance == "spherical":
-            self._n_scale = k
-        else:
-            self._n_scale = k * d * (d + 1) // 2
+        self.in_features = checks.positive_int("in_features", in_features)
+        #: where each parameter sits in the flat vector, and the scale transform (one home)
+        self.layout = HeadLayout(
+            num_components, out_features, covariance, scale_transform, min_scale
+        )
         self.proj = nn.Linear(self.in_features, self.num_params)
-        if covariance == "full":
-            rows, cols = torch.tril_indices(d, d, offset=-1)
-            self.register_buffer("_tril_rows", rows, persistent=False)
-            self.register_buffer("_tril_cols", cols, persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        """D, the dimension of the target."""
+        return self.layout.out_features
+
+    @property
+    def num_components(self) -> int:
+        """K, the number of mixture components."""
+        return self.layout.num_components
+
+    @property
+    def covariance(self) -> CovarianceType:
+        """The components' covariance type."""
+        return self.layout.covariance
+
+    @property
+    def scale_transform(self) -> ScaleTransform:
+        """The positive transform of the raw scales."""
+        return self.layout.scale_transform
+
+    @property
+    def min_scale(self) -> float:
+        r"""The scale floor :math:`\sigma_{min}`."""
+        return self.layout.min_scale
 
     @property
     def num_params(self) -> int:
         """Length of the flat parameter vector: K·D + (scale block) + K."""
-        return self.num_components * self.out_features + self._n_scale + self.num_components
+        return self.layout.num_params
 
     def extra_repr(self) -> str:
         return (
@@ -196,25 +156,8 @@ class MDNHead(nn.Module):
                 f"expected {self.num_params} mixture parameters in the last dimension, "
                 f"found shape {tuple(params.shape)}"
             )
-        k, d = self.num_components, self.out_features
-        lead = params.shape[:-1]
-        loc = params[..., : k * d].reshape(*lead, k, d)
-        raw = params[..., k * d : k * d + self._n_scale]
-        logits = params[..., k * d + self._n_scale :]
-        if self.covariance == "diagonal":
-            scale = _scale_forward(raw, self.scale_transform, self.min_scale).reshape(*lead, k, d)
-            return GaussianMixture(logits, loc, scale, validate_args=False)
-        if self.covariance == "spherical":
-            scale = _scale_forward(raw, self.scale_transform, self.min_scale).unsqueeze(-1)
-            return GaussianMixture(logits, loc, scale, validate_args=False)
-        raw = raw.reshape(*lead, k, d * (d + 1) // 2)
-        diag = _scale_forward(raw[..., :d], self.scale_transform, self.min_scale)
-        tril = torch.diag_embed(diag)
-        if d > 1:
-            off = torch.zeros_like(tril)
-            off[..., self._tril_rows, self._tril_cols] = raw[..., d:]
-            tril = tril + off
-        return GaussianMixture(logits, loc, scale_tril=tril, validate_args=False)
+        logits, loc, scale, tril = self.layout.decode(params)
+        return GaussianMixture(logits, loc, scale, tril, validate_args=False)
 
     def forward(self, h: Tensor) -> GaussianMixture:
         return self.mixture(self.params(h))
@@ -223,7 +166,7 @@ class MDNHead(nn.Module):
     def init_from_data(
         self,
         y: Tensor | np.ndarray,
-        method: Literal["auto", "kmeans", "quantile"] = "auto",
+        method: InitMethod = "auto",
         generator: torch.Generator | int | None = 0,
         weight_scale: float = 0.1,
     ) -> MDNHead:
@@ -270,20 +213,20 @@ class MDNHead(nn.Module):
         spread = torch.maximum(spread, floor)
         w, b = self.proj.weight, self.proj.bias
         dt = w.dtype
-        n_loc = k * d
-        w[:n_loc] *= weight_scale
-        b[:n_loc] = centres.reshape(-1).to(dt)
-        s0 = slice(n_loc, n_loc + self._n_scale)
-        w[s0] *= weight_scale
+        lay = self.layout
+        inverse = lay.scale_map.inverse
+        w[lay.loc] *= weight_scale
+        b[lay.loc] = centres.reshape(-1).to(dt)
+        w[lay.scale] *= weight_scale
         if self.covariance == "diagonal":
-            b[s0] = _scale_inverse(spread.reshape(-1), self.scale_transform, self.min_scale).to(dt)
+            b[lay.scale] = inverse(spread.reshape(-1)).to(dt)
         elif self.covariance == "spherical":
-            b[s0] = _scale_inverse(spread.mean(-1), self.scale_transform, self.min_scale).to(dt)
+            b[lay.scale] = inverse(spread.mean(-1)).to(dt)
         else:
-            blk = torch.zeros(k, d * (d + 1) // 2, dtype=torch.float64)
-            blk[:, :d] = _scale_inverse(spread, self.scale_transform, self.min_scale)
-            b[s0] = blk.reshape(-1).to(dt)
-        lg = slice(n_loc + self._n_scale, None)
+            blk = torch.zeros(k, lay.scale_width, dtype=torch.float64)
+            blk[:, :d] = inverse(spread)
+            b[lay.scale] = blk.reshape(-1).to(dt)
+        lg = lay.logits
         w[lg] *= weight_scale
         b[lg] = torch.log((counts + 1) / (counts.sum() + k)).to(dt)
         return self

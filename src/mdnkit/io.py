@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._files import atomic_path
+from .files import atomic_path
 
 __all__ = [
     "save",
@@ -43,6 +43,7 @@ __all__ = [
     "load_with_header",
     "load_metadata",
     "load_header",
+    "saveable_class_name",
     "FORMAT_NAME",
     "FORMAT_VERSION",
 ]
@@ -59,7 +60,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def _class_name(obj: Any) -> str:
+def saveable_class_name(obj: Any) -> str:
+    """The registry name under which :func:`save` stores ``obj``; TypeError if it cannot."""
     for name, (mod, attr) in _REGISTRY.items():
         if type(obj).__name__ != attr:
             continue
@@ -112,7 +114,7 @@ def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = No
         >>> save(model, "model.mdn", metadata={"columns": ["a", "b", "y"]})  # doctest: +SKIP
         >>> model2 = load("model.mdn")                                       # doctest: +SKIP
     """
-    name = _class_name(obj)
+    name = saveable_class_name(obj)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, found {type(metadata).__name__}")
     cfg = obj.config()  # an unfitted estimator raises NotFittedError (a ValueError) here
@@ -257,8 +259,8 @@ def load_with_header(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
             f"{str(path)!r}: config must be a JSON object, found {type(config).__name__}"
         )
     try:
-        if hasattr(cls, "_from_saved"):
-            obj = cls._from_saved(config, tensors)
+        if hasattr(cls, "from_saved"):
+            obj = cls.from_saved(config, tensors)
         else:
             obj = cls(**config)
             floats = [t.dtype for t in tensors.values() if t.is_floating_point()]

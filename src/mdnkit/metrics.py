@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mixture import GaussianMixture, _as_generator
+from .checks import as_generator
+from .mixture import GaussianMixture
 
 __all__ = [
     "nll",
@@ -152,7 +153,7 @@ def energy_score(
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, found {n_samples!r}")
     n = int(n_samples)
-    gen = _as_generator(generator, mixture.loc.device)  # one stream across the chunks
+    gen = as_generator(generator, mixture.loc.device)  # one stream across the chunks
     batch = mixture.batch_shape
     d = mixture.event_shape[0]
 

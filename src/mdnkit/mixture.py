@@ -29,6 +29,8 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
+from .checks import as_generator
+
 __all__ = ["GaussianMixture", "CovarianceType"]
 
 CovarianceType = Literal["diagonal", "spherical", "full"]
@@ -240,19 +242,6 @@ def _weights_cdf(scaled: Tensor, buffers: tuple[Tensor, Tensor] | None = None) -
         arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         cdf = _cumsum_component_major(arg.clamp_min_(floor).exp_())
     return cdf
-
-
-def _as_generator(generator: torch.Generator | int | None, device: torch.device):
-    """Turn a seed into a ``torch.Generator`` on ``device``; pass generators and None through."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        g = torch.Generator(device=device)
-        g.manual_seed(generator)
-        return g
-    raise TypeError(
-        f"generator must be a torch.Generator, an int seed or None, found {type(generator).__name__}"
-    )
 
 
 def _promote(t: Tensor) -> Tensor:
@@ -613,7 +602,7 @@ class GaussianMixture(Distribution):
         """
         shape = self._extended_shape(torch.Size(sample_shape))[:-1]
         loc = self.loc
-        gen = _as_generator(generator, loc.device)
+        gen = as_generator(generator, loc.device)
         t = _temperature(temperature, "temperature", loc)
         s = _temperature(sigma_temperature, "sigma_temperature", loc)
         idx = self._component_index(shape, t, gen)

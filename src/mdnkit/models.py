@@ -11,22 +11,24 @@ a negative log-likelihood computed with it is comparable with any other model's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._fast import ACTIVATIONS as FAST_ACTIVATIONS
-from ._fast import FastTrainer, FlatDiagonalNLL
-from .head import MDNHead, ScaleTransform
+from . import checks
+from .fast import ACTIVATIONS as FAST_ACTIVATIONS
+from .fast import FlatDiagonalNLL, MLPFastStep
+from .head import MDNHead
+from .layout import DEFAULT_MIN_SCALE
 from .loss import mdn_loss
-from .mixture import CovarianceType, GaussianMixture
+from .mixture import GaussianMixture
+from .options import Activation, CovarianceType, ScaleTransform
 
 __all__ = ["MDN", "Activation"]
 
 
-Activation = Literal["tanh", "relu", "elu", "gelu", "silu", "sigmoid", "softplus", "leaky_relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -37,12 +39,6 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
 }
-
-
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, found {v!r}")
-    return int(v)
 
 
 def _last_dim(name: str, v: Any, width: int, what: str, field: str, like: Tensor) -> Tensor:
@@ -135,24 +131,20 @@ class MDN(nn.Module):
         num_components: int = 5,
         covariance: CovarianceType = "diagonal",
         scale_transform: ScaleTransform = "softplus",
-        min_scale: float = 1e-3,
+        min_scale: float = DEFAULT_MIN_SCALE,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = checks.positive_int("in_features", in_features)
+        self.out_features = checks.positive_int("out_features", out_features)
         if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
             hidden = (int(hidden),)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(
                 f"hidden must be a sequence of layer sizes, found {type(hidden).__name__}"
             )
-        self.hidden = tuple(_positive_int("each hidden layer size", h) for h in hidden)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(_ACTIVATIONS)}, found {activation!r}"
-            )
-        self.activation = activation
+        self.hidden = tuple(checks.positive_int("each hidden layer size", h) for h in hidden)
+        self.activation = checks.choice("activation", activation, Activation)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
             raise TypeError(f"dropout must be a number in [0, 1), found {dropout!r}")
         if not 0.0 <= dropout < 1.0:
@@ -208,6 +200,13 @@ class MDN(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
     # ------------------------------------------------------------------ data handling
+    def standardize(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Checked inputs and targets in the network's standardised units:
+        :math:`(\tilde x, \tilde y) = ((x - \bar x)/s_x, (y - \bar y)/s_y)`."""
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        return (x - self.x_mean) / self.x_std, (y - self.y_mean) / self.y_std
+
     def _check_x(self, x: Tensor) -> Tensor:
         return _last_dim("x", x, self.in_features, "inputs", "in_features", self.x_mean)
 
@@ -286,11 +285,9 @@ class MDN(nn.Module):
         :math:`-\log p(y\mid x) = -\log p(\tilde y\mid x) + \sum_d \log s_{y,d}`.
         ``weight`` (optional, broadcast to the batch shape) weights the rows.
         """
-        x = self._check_x(x)
-        y = self._check_y(y, x)
-        z = (y - self.y_mean) / self.y_std
+        x, z = self.standardize(x, y)
         head = self.head
-        params = self.standardized_params(x)
+        params = head.params(self.body(x))
         if weight is None and head.covariance != "full" and z.shape[:-1] == params.shape[:-1]:
             if params.dtype in (torch.float16, torch.bfloat16):
                 params = params.float()
@@ -299,10 +296,13 @@ class MDN(nn.Module):
             nll = mdn_loss(head.mixture(params), z, weight=weight)
         return nll + self.y_std.log().sum()
 
-    def _fast_trainer(self) -> FastTrainer | None:
-        """The autograd-free training step of :func:`mdnkit.fit` (:class:`FastTrainer`) when it
-        applies: no dropout, diagonal or spherical components, every parameter trainable, on
-        one device in float32 or float64, no parameter shared between layers; else None."""
+    def fast_step(self, *data: Tensor) -> MLPFastStep | None:
+        """The autograd-free training step :func:`mdnkit.fit` uses (:mod:`mdnkit.fast`) for
+        in-memory rows ``data = (x (N, in), y)`` when its formulas hold: no dropout, diagonal or
+        spherical components, every parameter trainable, on one device in float32 or float64,
+        no parameter shared between layers; else None."""
+        if len(data) != 2 or data[0].dim() != 2:
+            return None
         linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.head.proj]
         owned = {id(p) for lin in linears for p in (lin.weight, lin.bias)}
         params = list(self.parameters())
@@ -316,7 +316,7 @@ class MDN(nn.Module):
             and len({(p.device, p.dtype) for p in params}) == 1
             and params[0].dtype in (torch.float32, torch.float64)  # half precision: autograd
         )
-        return FastTrainer(self, linears) if ok else None
+        return MLPFastStep(self, linears) if ok else None
 
     @torch.no_grad()
     def nll(self, x: Tensor, y: Tensor) -> float:

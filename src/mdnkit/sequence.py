@@ -54,8 +54,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._files import atomic_path
-from .head import MDNHead, ScaleTransform, _scale_forward
+from .files import atomic_path
+from .head import MDNHead, ScaleTransform
 from .mixture import CovarianceType, GaussianMixture
 
 __all__ = [
@@ -880,7 +880,7 @@ class StepGenerator(_GeneratorBase):
         self._k, self._cov = model.num_components, model.covariance
         self._transform, self._floor = model.scale_transform, model.min_scale
         self._n_head = model.head.num_params
-        self._n_scale = model.head._n_scale
+        self._n_scale = model.head.layout.n_scale
         if self._cov == "full":
             self._tril = np.tril_indices(d, -1)
         # A fast path for one stream with diagonal/spherical softplus components: sample from
@@ -1038,19 +1038,19 @@ class _OnnxStep(nn.Module):
 
     def _decode(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, head = self.m, self.m.head
-        k, d, n_scale = m.num_components, m.event_dim, head._n_scale
+        k, d, n_scale = m.num_components, m.event_dim, head.layout.n_scale
         b = p.shape[0]
         loc = p[:, : k * d].reshape(b, k, d) * m.scale + m.shift
         raw = p[:, k * d : k * d + n_scale]
         logits = torch.log_softmax(p[:, k * d + n_scale :], -1)
         if m.covariance == "diagonal":
-            scale = _scale_forward(raw, m.scale_transform, m.min_scale).reshape(b, k, d)
+            scale = m.head.layout.scale_map.forward(raw).reshape(b, k, d)
             return logits, loc, scale * m.scale
         if m.covariance == "spherical":
-            scale = _scale_forward(raw, m.scale_transform, m.min_scale).reshape(b, k, 1)
+            scale = m.head.layout.scale_map.forward(raw).reshape(b, k, 1)
             return logits, loc, scale * m.scale
         raw = raw.reshape(b, k, d * (d + 1) // 2)
-        diag = _scale_forward(raw[..., :d], m.scale_transform, m.min_scale)
+        diag = m.head.layout.scale_map.forward(raw[..., :d])
         # entries of L row by row: gather from [diag, strictly-lower, 0] with a constant index
         flat = torch.cat([diag, raw[..., d:], torch.zeros_like(raw[..., :1])], -1)
         tril = flat.index_select(-1, self._tril_index).reshape(b, k, d, d)

@@ -316,7 +316,7 @@ def fit(
     process-wide): for tiny matrices threads cost more than they save.  For an
     :class:`~mdnkit.MDN` without dropout, with diagonal or spherical components (any of its
     activations), trained from in-memory tensors, each step is
-    :class:`mdnkit._fast.FastTrainer`'s: the same loss and gradients as autograd's, without
+    :class:`mdnkit.fast.MLPFastStep`'s: the same loss and gradients as autograd's, without
     building a graph, in as few kernel calls as it can.  While ``fit`` runs, that model's
     parameters are views of one flat buffer (so clipping is one norm and Adam updates one
     tensor); each gets its own storage back when ``fit`` returns.  Hooks on its modules are not
@@ -360,7 +360,7 @@ def fit(
     if checkpoint is not None:
         from . import io
 
-        io._class_name(model)  # a TypeError now rather than after training
+        io.saveable_class_name(model)  # a TypeError now rather than after training
     dev = torch.device(device) if device is not None else _model_device(model)
     model.to(dev)
     fdt = _model_dtype(model)
@@ -409,11 +409,11 @@ def fit(
     # MDN's autograd-free step (same loss and gradients, far fewer operations) when it applies;
     # while it runs (attach ... release below), the parameters are views of its flat parameter
     trainer = None
-    if train is not None and len(train) == 2 and train[0].dim() == 2:
-        make = getattr(model, "_fast_trainer", None)
-        trainer = make() if callable(make) else None
+    if train is not None:
+        make = getattr(model, "fast_step", None)
+        trainer = make(*train) if callable(make) else None
     if trainer is not None:
-        params = [trainer.flat]
+        params = list(trainer.parameters)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -642,7 +642,7 @@ def _loop(
     opt_step = opt.step
     if trainer is not None:
         assert train is not None
-        train = trainer.standardize(*train)  # once, not per batch
+        train = trainer.prepare(*train)  # once, not per batch
         opt_step = _direct_adam_step(opt) or opt.step
     best_state: _Snapshot | None = None
     best = math.inf
@@ -662,7 +662,7 @@ def _loop(
         for batch in _batches(train, loader, gen, batch_size, device, fdt):
             if trainer is not None:
                 # same loss, hand-written gradients (written over, so no zero_grad is needed)
-                loss = trainer.step(*batch)
+                loss = trainer(*batch)
             else:
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(*batch)

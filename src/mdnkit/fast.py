@@ -1,6 +1,20 @@
-r"""The training hot path of :class:`~mdnkit.MDN`: its loss and gradients without autograd.
+r"""Training without autograd: the seam :func:`~mdnkit.fit` offers models, and the MDN's step.
 
-A training step of a small MDN on the CPU is dominated by the fixed cost of each PyTorch
+**The seam.**  A model may offer ``fit`` a training step that needs no autograd by defining a
+method ``fast_step(*data) -> FastStep | None``: given the in-memory training tensors (the same
+tuple ``model.loss(*batch)`` takes batches of), it returns an object with the
+:class:`FastStep` surface, or None where its formulas do not hold (``fit`` then runs autograd
+on ``model.loss``).  ``fit`` then
+
+1. calls ``step.prepare(*data)`` once: the tensors in the form the step takes (for
+   :class:`~mdnkit.MDN`, standardised), which ``fit`` shuffles and slices into batches;
+2. gives the optimiser ``step.parameters`` (leaf tensors whose ``.grad`` the step writes);
+3. runs every epoch inside ``with step.attached():`` (between entering and leaving, the model's
+   own parameters may be views of the step's buffers; on leaving they get their storage back);
+4. calls ``loss = step(*batch)`` per batch: the mean loss (a 0-dim tensor, the same value as
+   ``model.loss(*batch)``), its gradient written over (not added to) ``.grad``.
+
+**The MDN's step** (:class:`MLPFastStep`).  A training step of a small MDN on the CPU is dominated by the fixed cost of each PyTorch
 operation (a few microseconds), not by arithmetic, so this module does the step in as few
 operations as it can:
 
@@ -20,18 +34,19 @@ operations as it can:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .head import MDNHead, _scale_forward
+from .head import MDNHead
 from .mixture import EXP_FLOOR
 
-__all__ = ["FastTrainer", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
+__all__ = ["FastStep", "MLPFastStep", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -68,16 +83,24 @@ ACTIVATIONS: dict[type[nn.Module], Callable[[Any], tuple[Callable, bool, Callabl
 }
 
 
-def _scale(raw: Tensor, kind: str, floor: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """The head's scale transform and, if asked, its derivative: (sigma, d sigma / d raw)."""
-    sigma = _scale_forward(raw, kind, floor)
-    if not need_grad:
-        return sigma, None
-    if kind == "softplus":
-        return sigma, torch.sigmoid(raw)
-    if kind == "exp":
-        return sigma, sigma - floor  # e^raw (clamped like the value)
-    return sigma, torch.where(raw > 0, 1.0, sigma - floor)  # ELU + 1: 1, or e^raw below 0
+class FastStep(Protocol):
+    """What a model's ``fast_step(*data)`` returns to :func:`~mdnkit.fit` (see the module
+    docstring for the order in which ``fit`` uses it)."""
+
+    #: the leaf tensors the optimiser updates; the step writes their ``.grad``
+    parameters: list[nn.Parameter]
+
+    def prepare(self, *data: Tensor) -> tuple[Tensor, ...]:
+        """The training tensors in the form :meth:`__call__` takes batches of."""
+        ...
+
+    def attached(self) -> contextlib.AbstractContextManager:
+        """A context inside which the steps run (and outside which the model is untouched)."""
+        ...
+
+    def __call__(self, *batch: Tensor) -> Tensor:
+        """One batch: the mean loss (0-dim), gradients written into the parameters' ``.grad``."""
+        ...
 
 
 def nll_component_major(
@@ -100,15 +123,15 @@ def nll_component_major(
     times the scale transform's derivative; if ``grad_out`` ``(P, N)`` is given they are
     written into it, times ``grad_scale``.
     """
-    k, d, n = head.num_components, head.out_features, params.shape[-1]
-    spherical = head.covariance == "spherical"
-    ds = 1 if spherical else d
-    kd, ks = k * d, k * ds
-    loc = params[:kd].view(k, d, n)
-    raw = params[kd : kd + ks].view(k, ds, n)
-    logits = params[kd + ks :]
+    lay = head.layout
+    k, d, n = lay.num_components, lay.out_features, params.shape[-1]
+    spherical = lay.covariance == "spherical"
+    ds = lay.scale_width
+    loc = params[lay.loc].view(k, d, n)
+    raw = params[lay.scale].view(k, ds, n)
+    logits = params[lay.logits]
     need_grad = grad_out is not None
-    sigma, dsigma = _scale(raw, head.scale_transform, head.min_scale, need_grad)
+    sigma, dsigma = lay.scale_map.with_derivative(raw, need_grad)
     inv = sigma.reciprocal_()
     nu = (loc - z).mul_(inv)  # -u
     uu = nu * nu
@@ -133,15 +156,15 @@ def nll_component_major(
     if grad_out is None:
         return total
     r = et.div_(st)
-    torch.sub(ea.div_(sa), r, out=grad_out[kd + ks :])
+    torch.sub(ea.div_(sa), r, out=grad_out[lay.logits])
     ri = r.view(k, 1, n).mul(inv)
-    torch.mul(ri, nu, out=grad_out[:kd].view(k, d, n))
+    torch.mul(ri, nu, out=grad_out[lay.loc].view(k, d, n))
     if spherical:
         factor = uu_sum.neg().add_(d).view(k, 1, n)
     else:
         factor = uu.neg_().add_(1.0)
     assert dsigma is not None
-    torch.mul(ri.mul_(factor), dsigma, out=grad_out[kd : kd + ks].view(k, ds, n))
+    torch.mul(ri.mul_(factor), dsigma, out=grad_out[lay.scale].view(k, ds, n))
     if grad_scale != 1.0:
         grad_out.mul_(grad_scale)
     return total
@@ -184,14 +207,14 @@ class FlatDiagonalNLL(torch.autograd.Function):
         return d_params * grad, None, None
 
 
-class FastTrainer:
-    r"""Training steps of an MLP-with-head MDN without autograd (see the module docstring).
+class MLPFastStep:
+    r"""The :class:`FastStep` of an MLP-with-head MDN (:meth:`MDN.fast_step`, module docstring).
 
-    Between :meth:`attach` and :meth:`release` the model's parameters are views of :attr:`flat`
-    (a leaf ``nn.Parameter`` whose ``.grad`` holds every gradient): give the optimiser
-    ``[trainer.flat]``.  Anything that changes the parameters in place (``load_state_dict``,
-    the optimiser) then changes :attr:`flat`.  :meth:`release` gives every parameter its own
-    storage back (call it in a ``finally``).
+    Inside :meth:`attached` (or between :meth:`attach` and :meth:`release`) the model's
+    parameters are views of :attr:`flat` (a leaf ``nn.Parameter`` whose ``.grad`` holds every
+    gradient; :attr:`parameters` is ``[flat]``).  Anything that changes the parameters in place
+    (``load_state_dict``, the optimiser) then changes :attr:`flat`.  Leaving the context (or
+    :meth:`release`) gives every parameter its own storage back.
 
     With :math:`h_0 = \tilde x`, :math:`h_l = f(W_l h_{l-1} + b_l)` and the head's
     :math:`\theta = W h_L + b`, the gradient :math:`G = \partial L/\partial\theta` comes from
@@ -217,7 +240,8 @@ class FastTrainer:
             views.append((self.flat.data[o : o + m].view_as(p), self.flat.grad[o : o + m]))
             o += m
         self._views = [v for v, _ in views]
-        self.attached = False
+        self.parameters = [self.flat]
+        self.is_attached = False
         for i in range(0, len(views), 2):
             (w, gw), (b, gb) = views[i], views[i + 1]
             self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
@@ -227,21 +251,21 @@ class FastTrainer:
         self.act, self.in_place, self.act_backward = (
             ACTIVATIONS[type(act)](act) if len(linears) > 1 else (None, True, None)
         )
-        self.x_mean, self.x_std = model.x_mean, model.x_std
-        self.y_mean, self.y_std = model.y_mean, model.y_std
-        self.offset = 0.5 * self.head.out_features * _LOG_2PI + float(self.y_std.log().sum())
+        self.offset = 0.5 * self.head.out_features * _LOG_2PI + float(model.y_std.log().sum())
 
-    def standardize(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``(N, in)`` and targets ``(N, D)`` in the network's standardised units
         (checked and converted as :meth:`MDN.loss` does)."""
-        x = self.model._check_x(x)
-        y = self.model._check_y(y, x)
-        if x.dim() != 2 or y.shape[:-1] != x.shape[:-1]:
+        x, z = self.model.standardize(x, y)
+        if x.dim() != 2 or z.shape[:-1] != x.shape[:-1]:
             raise ValueError(
                 f"the fast training step needs rows of x (N, in) and y (N, D), found shapes "
-                f"{tuple(x.shape)} and {tuple(y.shape)}"
+                f"{tuple(x.shape)} and {tuple(z.shape)}"
             )
-        return (x - self.x_mean) / self.x_std, (y - self.y_mean) / self.y_std
+        return x, z
+
+    def __call__(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.step(x, z)
 
     @torch.no_grad()
     def step(self, x: Tensor, z: Tensor) -> Tensor:
@@ -277,14 +301,23 @@ class FastTrainer:
             for p, v in zip(self.params, self._views):
                 v.copy_(p)
                 p.data = v
-        self.attached = True
+        self.is_attached = True
 
     def release(self) -> None:
         """Give each parameter its own storage (and no gradient) again, if attached."""
-        if not self.attached:
+        if not self.is_attached:
             return
         with torch.no_grad():
             for p in self.params:
                 p.data = p.data.clone()
                 p.grad = None
-        self.attached = False
+        self.is_attached = False
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[MLPFastStep]:
+        """:meth:`attach` on entry, :meth:`release` on exit (whatever raised in between)."""
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.release()

@@ -1,0 +1,50 @@
+"""The named options users choose among, each spelled once.
+
+Every string option of the package is a ``Literal`` type here; the code that checks a value
+(:func:`mdnkit.checks.choice`), the scikit-learn estimator's signature and the command line's
+``choices=`` all read the allowed values from it with :func:`typing.get_args`.  This module
+imports nothing heavy, so the command line can build its parser without importing torch.
+
+Example:
+    >>> from typing import get_args
+    >>> get_args(CovarianceType)
+    ('diagonal', 'spherical', 'full')
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "CovarianceType",
+    "ScaleTransform",
+    "Activation",
+    "Optimizer",
+    "LRSchedule",
+    "CellType",
+    "Standardize",
+    "Reduction",
+    "InitMethod",
+    "PointPrediction",
+]
+
+#: Covariance of each mixture component: ``diag(σ²)``, ``σ² I`` or ``L Lᵀ``.
+CovarianceType = Literal["diagonal", "spherical", "full"]
+#: The positive map from a raw network output to a component scale (see :mod:`mdnkit.layout`).
+ScaleTransform = Literal["softplus", "exp", "elu"]
+#: Hidden-layer activation of :class:`~mdnkit.MDN`.
+Activation = Literal["tanh", "relu", "elu", "gelu", "silu", "sigmoid", "softplus", "leaky_relu"]
+#: Optimisers :func:`~mdnkit.fit` builds.
+Optimizer = Literal["adam", "adamw", "sgd"]
+#: Learning-rate schedules of :func:`~mdnkit.fit` (``None``: constant).
+LRSchedule = Literal["plateau", "cosine"]
+#: Recurrent cell of :class:`~mdnkit.MDNRNN`.
+CellType = Literal["lstm", "gru"]
+#: How :class:`~mdnkit.MDNRNN` standardises the continuous part of its events.
+Standardize = Literal["auto", "full", "scale", "none"]
+#: Reduction of a per-element loss.
+Reduction = Literal["mean", "sum", "none"]
+#: How :meth:`~mdnkit.MDNHead.init_from_data` places the initial components.
+InitMethod = Literal["auto", "kmeans", "quantile"]
+#: The point predictions of :class:`~mdnkit.MDNRegressor`.
+PointPrediction = Literal["mean", "median", "mode"]
