@@ -288,7 +288,8 @@ def test_demo_writes_every_picture(capsys, tmp_path):
 
 
 def test_export_mdnrnn_to_onnx(capsys, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     from mdnkit.io import save
     from mdnkit.sequence import MDNRNN
 

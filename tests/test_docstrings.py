@@ -70,5 +70,4 @@ def test_keras_front_docstring_examples(tmp_path, monkeypatch):
     import os
 
     os.environ.setdefault("KERAS_BACKEND", "torch")  # as tests/test_keras.py
-    pytest.importorskip("keras")
     test_docstring_examples("mdnkit.keras", tmp_path, monkeypatch)

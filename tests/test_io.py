@@ -70,7 +70,8 @@ def test_file_is_safetensors_with_json_description(model, tmp_path):
 
 
 def test_sequence_model_round_trip(tmp_path):
-    sequence = pytest.importorskip("mdnkit.sequence")
+    from mdnkit import sequence
+
     torch.manual_seed(0)
     m = sequence.MDNRNN(2, hidden_size=8, num_layers=1, num_components=2).eval()
     loaded = io.load(io.save(m, tmp_path / "rnn.mdn"))

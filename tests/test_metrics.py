@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import integrate, optimize, stats
 
+from conftest import random_mixture_params
 from mdnkit import GaussianMixture
 from mdnkit.metrics import (
     calibration_error,
@@ -22,11 +23,10 @@ from mdnkit.metrics import (
 
 
 def _mixture_1d(seed: int = 0, batch: int = 4, k: int = 3) -> GaussianMixture:
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, k, generator=g, dtype=torch.float64)
-    loc = 3 * torch.randn(batch, k, 1, generator=g, dtype=torch.float64)
-    scale = 0.3 + torch.rand(batch, k, 1, generator=g, dtype=torch.float64)
-    return GaussianMixture(logits, loc, scale)
+    params = random_mixture_params(
+        (batch,), k, 1, "diagonal", seed=seed, logit_scale=1.0, loc_scale=3.0
+    )
+    return GaussianMixture(*params)
 
 
 def _scipy_cdf(w, mu, sd):

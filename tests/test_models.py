@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from conftest import assert_fast_step_equals_autograd
 from mdnkit import GaussianMixture, MDNHead, mdn_loss
 from mdnkit.models import MDN
 from mdnkit.training import fit
@@ -229,18 +230,6 @@ def test_fast_step_matches_autograd_of_the_generic_loss(activation, covariance, 
         assert p.grad is None
 
 
-def _assert_fast_step_equals_autograd(m, x, y):
-    """One fast training step: the loss and every gradient of autograd through the mixture."""
-    generic = mdn_loss(m(x), y)
-    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(generic, m.parameters())])
-    trainer = m.fast_step(x, y)
-    trainer.attach()
-    loss = trainer.step(*trainer.prepare(x, y))
-    trainer.release()
-    assert loss.item() == pytest.approx(generic.item(), rel=1e-12)
-    torch.testing.assert_close(trainer.flat.grad, expected, rtol=1e-9, atol=1e-12)
-
-
 @pytest.mark.parametrize("transform", ["softplus", "exp", "elu"])
 def test_fast_step_scale_transforms(transform):
     torch.manual_seed(1)
@@ -250,7 +239,7 @@ def test_fast_step_scale_transforms(transform):
     m.prepare(x, y)
     with torch.no_grad():
         m.head.proj.bias.add_(torch.linspace(-2.0, 2.0, m.head.proj.bias.numel()))
-    _assert_fast_step_equals_autograd(m, x, y)
+    assert_fast_step_equals_autograd(m, x, y)
 
 
 def test_fast_step_uses_the_activation_modules_own_settings():
@@ -261,7 +250,7 @@ def test_fast_step_uses_the_activation_modules_own_settings():
     x = torch.randn(30, 2, dtype=torch.float64)
     y = torch.randn(30, 1, dtype=torch.float64)
     m.prepare(x, y)
-    _assert_fast_step_equals_autograd(m, x, y)
+    assert_fast_step_equals_autograd(m, x, y)
 
 
 def test_fast_trainer_touches_the_model_only_between_attach_and_release():

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
+from conftest import assert_fast_step_equals_autograd, make_mixture, random_mixture_params
 from mdnkit.mixture import GaussianMixture
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -23,24 +24,22 @@ def mixtures(draw, cov=None):
     k = draw(st.integers(1, 4))
     d = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(*batch, k, generator=g, dtype=torch.float64) * 3
-    loc = torch.randn(*batch, k, d, generator=g, dtype=torch.float64) * 3
-    if cov == "full":
-        a = torch.randn(*batch, k, d, d, generator=g, dtype=torch.float64) * 0.5
-        s = torch.tril(a, -1) + torch.diag_embed(
-            torch.rand(*batch, k, d, generator=g, dtype=torch.float64) + 0.2
-        )
-    else:
-        c = 1 if cov == "spherical" else d
-        s = torch.rand(*batch, k, c, generator=g, dtype=torch.float64) * 2 + 0.05
-    return logits, loc, s, cov
+    params = random_mixture_params(
+        batch,
+        k,
+        d,
+        cov,
+        seed=seed,
+        logit_scale=3.0,
+        loc_scale=3.0,
+        scale_low=0.05,
+        scale_spread=2.0,
+        tril_low=0.2,
+    )
+    return (*params, cov)
 
 
-def build(logits, loc, s, cov):
-    if cov == "full":
-        return GaussianMixture(logits, loc, scale_tril=s)
-    return GaussianMixture(logits, loc, s)
+build = make_mixture
 
 
 @SETTINGS
@@ -181,7 +180,6 @@ def test_fast_training_step_equals_autograd(
 ):
     """fit's autograd-free step: the same loss and gradients as autograd through the
     distribution, for any architecture and batch size (float64)."""
-    from mdnkit import mdn_loss
     from mdnkit.models import MDN
 
     torch.manual_seed(seed % 10_000)
@@ -200,14 +198,4 @@ def test_fast_training_step_equals_autograd(
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    params = list(m.parameters())
-    generic = mdn_loss(m(x), y)
-    expected = torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(generic, params)])
-    trainer = m.fast_step(x, y)
-    assert trainer is not None
-    trainer.attach()
-    loss = trainer.step(*trainer.prepare(x, y))
-    grad = trainer.flat.grad.clone()
-    trainer.release()
-    np.testing.assert_allclose(loss.item(), generic.item(), rtol=1e-10)
-    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-7, atol=1e-10)
+    assert_fast_step_equals_autograd(m, x, y, rtol=1e-7, atol=1e-10)

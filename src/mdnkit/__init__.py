@@ -7,6 +7,8 @@ estimator (:class:`MDNRegressor`), model files (:func:`save`, :func:`load`), met
 Keras 3 front (``from mdnkit import keras as mdn``) and the ``mdnkit`` command.
 
 Everything but the core is imported on first use, so ``import mdnkit`` stays light.
+``from mdnkit import *`` gives the public names below (not the submodules: the Keras front,
+``mdnkit.keras``, needs the optional ``keras`` package and is imported by name).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ _SUBMODULES = (
     "cli",
 )
 
-__all__ = ["GaussianMixture", "MDNHead", "mdn_loss", "__version__", *_LAZY, *_SUBMODULES]
+__all__ = ["GaussianMixture", "MDNHead", "mdn_loss", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

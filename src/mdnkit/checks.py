@@ -19,12 +19,14 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 import numpy as np
-import torch
 
 from .options import CovarianceType  # noqa: F401  (used by the docstring example)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "positive_int",
@@ -119,6 +121,8 @@ def as_generator(
     generator: torch.Generator | int | None, device: torch.device | str = "cpu"
 ) -> torch.Generator | None:
     """A ``torch.Generator`` on ``device`` from an int seed; generators and None pass through."""
+    import torch  # here, not at the top: the command line reads its options without torch
+
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if _is_int(generator):

@@ -27,11 +27,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from .files import atomic_path
+from .options import Activation, CovarianceType
 
 __all__ = ["main", "build_parser", "DEMO_MODEL", "DEMO_FIT"]
 
@@ -148,12 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--y", type=_columns, required=True, help="target columns (names or positions)")
     f.add_argument("--hidden", type=_hidden, default=(64, 64), help="layer sizes (default 64,64)")
     f.add_argument("--components", type=_positive_int, default=5)
-    f.add_argument("--covariance", choices=("diagonal", "spherical", "full"), default="diagonal")
-    f.add_argument(
-        "--activation",
-        choices=("tanh", "relu", "elu", "gelu", "silu", "sigmoid", "softplus", "leaky_relu"),
-        default="tanh",
-    )
+    f.add_argument("--covariance", choices=get_args(CovarianceType), default="diagonal")
+    f.add_argument("--activation", choices=get_args(Activation), default="tanh")
     f.add_argument("--epochs", type=_positive_int, default=200)
     f.add_argument("--lr", type=_positive_float, default=3e-3)
     f.add_argument("--batch-size", type=_positive_int, default=128)
@@ -244,7 +241,7 @@ def _network(model: Any, path: str, command: str):
     )
 
 
-def _read_columns(data: str, cols: Sequence[str | int], what: str):
+def _read_columns(data: str, cols: Sequence[str | int]):
     from .datasets import read_csv, read_csv_header, resolve_columns
 
     header = read_csv_header(data)
@@ -350,8 +347,8 @@ def _cmd_fit(args) -> int:
     from .training import fit
 
     out = _check_output(args.output)
-    x, x_names = _read_columns(args.data, args.x, "--x")
-    y, y_names = _read_columns(args.data, args.y, "--y")
+    x, x_names = _read_columns(args.data, args.x)
+    y, y_names = _read_columns(args.data, args.y)
     if set(x_names) & set(y_names):
         raise CliError(
             f"{args.data}: column(s) {', '.join(sorted(set(x_names) & set(y_names)))} "
@@ -439,8 +436,8 @@ def _cmd_eval(args) -> int:
     net = _network(model, args.model, "eval")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
-    x, _ = _read_columns(args.data, xc, "--x")
-    y, _ = _read_columns(args.data, yc, "--y")
+    x, _ = _read_columns(args.data, xc)
+    y, _ = _read_columns(args.data, yc)
     res = _eval_metrics(net, x, y, args.coverage)
     if args.json:
         print(json.dumps(res))
@@ -470,7 +467,7 @@ def _cmd_sample(args) -> int:
     model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "sample")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
-    x, x_names = _read_columns(args.data, xc, "--x")
+    x, x_names = _read_columns(args.data, xc)
     y_names = meta.get("y_columns") or [f"y{j}" for j in range(net.out_features)]
     gen = torch.Generator().manual_seed(args.seed)
     m = _predict(net, x)
@@ -508,8 +505,8 @@ def _cmd_plot(args) -> int:
     if args.data is not None:
         xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
         yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
-        x, _ = _read_columns(args.data, xc, "--x")
-        y, _ = _read_columns(args.data, yc, "--y")
+        x, _ = _read_columns(args.data, xc)
+        y, _ = _read_columns(args.data, yc)
     elif args.kind in ("samples", "pit"):
         raise CliError(f"--kind {args.kind} needs a DATA.csv")
     mean, std = net.x_mean[args.x_dim].item(), net.x_std[args.x_dim].item()

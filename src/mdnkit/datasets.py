@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .files import atomic_path
 
 __all__ = [
@@ -72,10 +73,8 @@ def inverted_sine(
         >>> x.shape, y.shape, x.dtype
         ((3000, 1), (3000, 1), dtype('float32'))
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, found {n!r}")
-    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, found {noise!r}")
+    n = checks.positive_int("n", n)
+    noise = checks.number("noise", noise, low=0.0)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     y = rng.uniform(_Y_LOW, _Y_HIGH, size=(int(n), 1))
     x = _sine(y) + noise * rng.standard_normal((int(n), 1))

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import checks
 from .mixture import GaussianMixture
 from .models import MDN
+from .options import Activation, CovarianceType, LRSchedule, PointPrediction, ScaleTransform
 from .training import History, fit
 
 __all__ = ["MDNRegressor"]
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _validate_data
-except ImportError:  # pragma: no cover - older scikit-learn
-
-    def _validate_data(est, X="no_validation", y="no_validation", reset=True, **kw):
-        return est._validate_data(X, y, reset=reset, **kw)
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
@@ -78,10 +73,10 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         hidden: Sequence[int] = (64, 64),
-        activation: str = "tanh",
+        activation: Activation = "tanh",
         num_components: int = 5,
-        covariance: Literal["diagonal", "spherical", "full"] = "diagonal",
-        scale_transform: Literal["softplus", "exp", "elu"] = "softplus",
+        covariance: CovarianceType = "diagonal",
+        scale_transform: ScaleTransform = "softplus",
         min_scale: float = 1e-3,
         dropout: float = 0.0,
         epochs: int = 200,
@@ -90,7 +85,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         weight_decay: float = 0.0,
         validation_split: float = 0.1,
         patience: int | None = 20,
-        lr_schedule: Literal["plateau", "cosine"] | None = "plateau",
+        lr_schedule: LRSchedule | None = "plateau",
         random_state: int | np.random.RandomState | None = None,
         device: str | None = None,
         verbose: bool = False,
@@ -130,7 +125,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> MDNRegressor:
         """Fit the network on ``X`` ``(n_samples, n_features)`` and ``y`` ``(n_samples,)`` or
         ``(n_samples, n_outputs)``; returns ``self``."""
-        X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         self._y_1d = y.ndim == 1
         y2 = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = int(y2.shape[1])
@@ -174,7 +169,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------ prediction
     def _x(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, "model_")
-        X = _validate_data(self, X, reset=False, dtype=np.float64)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
         dev = next(self.model_.parameters()).device
         return torch.from_numpy(np.array(X, dtype=np.float32)).to(dev)
 
@@ -190,14 +185,13 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         with torch.no_grad():
             return self.model_(x)
 
-    def predict(self, X: Any, kind: Literal["mean", "median", "mode"] = "mean") -> np.ndarray:
+    def predict(self, X: Any, kind: PointPrediction = "mean") -> np.ndarray:
         r"""A point prediction: the mixture ``"mean"`` :math:`\sum_k \pi_k\mu_k` (default), the
         ``"median"`` (of each output's marginal) or the ``"mode"`` (the highest density point).
 
         Shape ``(n_samples,)`` for 1-D targets, else ``(n_samples, n_outputs)``.
         """
-        if kind not in ("mean", "median", "mode"):
-            raise ValueError(f"kind must be 'mean', 'median' or 'mode', found {kind!r}")
+        checks.choice("kind", kind, PointPrediction)
         m = self.predict_distribution(X)
         if kind == "mean":
             return self._out(m.mean)
@@ -229,9 +223,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """The central interval holding ``coverage`` of each output's predictive probability:
         ``(lower, upper)``, the quantiles at :math:`(1 \\mp c)/2`, each shaped like :meth:`predict`."""
-        if not (isinstance(coverage, numbers.Real) and 0 < coverage < 1):
-            raise ValueError(f"coverage must be in (0, 1), found {coverage!r}")
-        a = (1 - float(coverage)) / 2
+        coverage = checks.number("coverage", coverage, low=0, high=1, low_open=True, high_open=True)
+        a = (1 - coverage) / 2
         both = self.predict_quantiles(X, [a, 1 - a])
         return both[:, 0], both[:, 1]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
+from . import checks
 from .mixture import GaussianMixture
+from .options import Reduction
 
 __all__ = ["mdn_loss"]
 
@@ -16,7 +16,7 @@ def mdn_loss(
     mixture: GaussianMixture,
     y: Tensor,
     weight: Tensor | None = None,
-    reduction: Literal["mean", "sum", "none"] = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Negative log-likelihood of targets ``y`` under ``mixture``.
 
@@ -40,8 +40,7 @@ def mdn_loss(
     """
     if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a GaussianMixture, found {type(mixture).__name__}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', found {reduction!r}")
+    checks.choice("reduction", reduction, Reduction)
     if not isinstance(y, Tensor):
         y = torch.as_tensor(y)
     if weight is None:

@@ -20,14 +20,15 @@ which should match its nominal coverage.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import checks
 from .checks import as_generator
 from .mixture import GaussianMixture
+from .options import MetricReduction
 
 __all__ = [
     "nll",
@@ -39,15 +40,13 @@ __all__ = [
     "interval_coverage",
 ]
 
-Reduction = Literal["mean", "none"]
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 def _check(mixture: GaussianMixture, y, reduction: str) -> Tensor:
     if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a GaussianMixture, found {type(mixture).__name__}")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', found {reduction!r}")
+    checks.choice("reduction", reduction, MetricReduction)
     if not isinstance(y, Tensor):
         try:
             y = torch.as_tensor(np.asarray(y, dtype=np.float64))
@@ -75,7 +74,7 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
     return values.mean() if reduction == "mean" else values
 
 
-def nll(mixture: GaussianMixture, y, reduction: Reduction = "mean") -> Tensor:
+def nll(mixture: GaussianMixture, y, reduction: MetricReduction = "mean") -> Tensor:
     r"""Negative log-likelihood :math:`-\log p(y)` in nats (the model's training loss).
 
     Example:
@@ -94,7 +93,7 @@ def _a(mu: Tensor, var: Tensor) -> Tensor:
     return 2.0 * s * torch.exp(-0.5 * z * z) / _SQRT_2PI + mu * (2.0 * torch.special.ndtr(z) - 1.0)
 
 
-def crps(mixture: GaussianMixture, y, reduction: Reduction = "mean") -> Tensor:
+def crps(mixture: GaussianMixture, y, reduction: MetricReduction = "mean") -> Tensor:
     r"""Continuous ranked probability score of each output dimension's marginal, closed form.
 
     .. math::
@@ -131,7 +130,7 @@ def energy_score(
     y,
     n_samples: int = 1000,
     generator: torch.Generator | int | None = 0,
-    reduction: Reduction = "mean",
+    reduction: MetricReduction = "mean",
 ) -> Tensor:
     r"""Energy score, the multivariate CRPS, by Monte Carlo.
 
@@ -244,7 +243,7 @@ def calibration_error(pit_values, bins: int = 10) -> float:
 
 
 def interval_coverage(
-    mixture: GaussianMixture, y, coverage: float = 0.9, reduction: Reduction = "mean"
+    mixture: GaussianMixture, y, coverage: float = 0.9, reduction: MetricReduction = "mean"
 ) -> Tensor:
     r"""Fraction of targets inside each output's central ``coverage`` interval.
 

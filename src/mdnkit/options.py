@@ -24,6 +24,7 @@ __all__ = [
     "CellType",
     "Standardize",
     "Reduction",
+    "MetricReduction",
     "InitMethod",
     "PointPrediction",
 ]
@@ -44,6 +45,8 @@ CellType = Literal["lstm", "gru"]
 Standardize = Literal["auto", "full", "scale", "none"]
 #: Reduction of a per-element loss.
 Reduction = Literal["mean", "sum", "none"]
+#: Reduction of a per-element score (:mod:`mdnkit.metrics`).
+MetricReduction = Literal["mean", "none"]
 #: How :meth:`~mdnkit.MDNHead.init_from_data` places the initial components.
 InitMethod = Literal["auto", "kmeans", "quantile"]
 #: The point predictions of :class:`~mdnkit.MDNRegressor`.

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import checks
 from .mixture import GaussianMixture
 
 __all__ = [
@@ -496,8 +497,7 @@ def pit_histogram(pit_values: Any, *, bins: int = 20, ax=None, title: str | None
         raise ValueError("pit_values is empty, expected at least one value")
     if np.isnan(u).any() or (u < 0).any() or (u > 1).any():
         raise ValueError("pit_values must lie in [0, 1], found values outside it or NaN")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, found {bins!r}")
+    bins = checks.positive_int("bins", bins)
     fig, ax = _new_ax(ax, (5, 3.5))
     ax.hist(u, bins=bins, range=(0, 1), density=True, color="C0", alpha=0.75, edgecolor="white")
     p = 1.0 / bins
