@@ -15,38 +15,14 @@ import pytest
 import torch
 from scipy import integrate, optimize, special, stats
 
+from conftest import make_mixture, random_mixture_params
+from mdnkit import kernels
 from mdnkit.mixture import GaussianMixture
 
 COV_TYPES = ("diagonal", "spherical", "full")
 
 
 # ----------------------------------------------------------------------------- helpers
-def random_params(batch, k, d, cov, dtype=torch.float64, seed=0, requires_grad=False):
-    """Random mixture parameters (logits, loc, scale-or-tril) with the given batch shape."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(*batch, k, generator=g, dtype=dtype) * 1.5
-    loc = torch.randn(*batch, k, d, generator=g, dtype=dtype) * 2.0
-    if cov == "diagonal":
-        s = torch.rand(*batch, k, d, generator=g, dtype=dtype) + 0.3
-    elif cov == "spherical":
-        s = torch.rand(*batch, k, 1, generator=g, dtype=dtype) + 0.3
-    else:
-        a = torch.randn(*batch, k, d, d, generator=g, dtype=dtype) * 0.5
-        s = torch.tril(a, -1) + torch.diag_embed(
-            torch.rand(*batch, k, d, generator=g, dtype=dtype) + 0.4
-        )
-    if requires_grad:
-        for t in (logits, loc, s):
-            t.requires_grad_()
-    return logits, loc, s
-
-
-def make(logits, loc, s, cov):
-    if cov == "full":
-        return GaussianMixture(logits, loc, scale_tril=s)
-    return GaussianMixture(logits, loc, s)
-
-
 def covariances(loc, s, cov):
     """Component covariance matrices (..., K, D, D) in NumPy, from the raw parameters."""
     loc = np.asarray(loc)
@@ -87,8 +63,8 @@ def scipy_log_prob(logits, loc, s, cov, y):
 )
 def test_log_prob_matches_scipy(cov, batch, yshape):
     k, d = 3, 2
-    logits, loc, s = random_params(batch, k, d, cov, seed=len(batch) + len(yshape))
-    m = make(logits, loc, s, cov)
+    logits, loc, s = random_mixture_params(batch, k, d, cov, seed=len(batch) + len(yshape))
+    m = make_mixture(logits, loc, s, cov)
     y = torch.randn(*yshape, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
     got = m.log_prob(y)
     want = scipy_log_prob(logits, loc, s, cov, y)
@@ -99,9 +75,9 @@ def test_log_prob_matches_scipy(cov, batch, yshape):
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_log_prob_1d_matches_scipy_norm(cov):
     """D=1 (spherical and diagonal coincide) against scipy.stats.norm directly."""
-    logits, loc, s = random_params((5,), 4, 1, cov, seed=3)
+    logits, loc, s = random_mixture_params((5,), 4, 1, cov, seed=3)
     y = torch.linspace(-4, 4, 5, dtype=torch.float64).unsqueeze(-1)
-    got = make(logits, loc, s, cov).log_prob(y).numpy()
+    got = make_mixture(logits, loc, s, cov).log_prob(y).numpy()
     sig = s.reshape(5, 4).numpy() if cov != "full" else s.reshape(5, 4).abs().numpy()
     lw = logits.numpy() - special.logsumexp(logits.numpy(), -1, keepdims=True)
     want = special.logsumexp(lw + stats.norm.logpdf(y.numpy(), loc[..., 0].numpy(), sig), -1)
@@ -110,8 +86,8 @@ def test_log_prob_1d_matches_scipy_norm(cov):
 
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_component_log_prob_and_posterior(cov):
-    logits, loc, s = random_params((3,), 4, 2, cov, seed=5)
-    m = make(logits, loc, s, cov)
+    logits, loc, s = random_mixture_params((3,), 4, 2, cov, seed=5)
+    m = make_mixture(logits, loc, s, cov)
     y = torch.randn(3, 2, dtype=torch.float64)
     covs = covariances(loc, s, cov)
     comp = np.array(
@@ -128,7 +104,7 @@ def test_component_log_prob_and_posterior(cov):
 
 def test_half_precision_parameters_give_float32():
     for dt in (torch.float16, torch.bfloat16):
-        logits, loc, s = random_params((8,), 3, 2, "diagonal", dtype=torch.float32)
+        logits, loc, s = random_mixture_params((8,), 3, 2, "diagonal", dtype=torch.float32)
         m = GaussianMixture(logits.to(dt), loc.to(dt), s.to(dt))
         lp = m.log_prob(torch.zeros(8, 2, dtype=dt))
         assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
@@ -142,11 +118,11 @@ def test_half_precision_parameters_give_float32():
     "batch, yshape", [((3,), (3,)), ((3,), (2, 3)), ((2, 1), (2, 3)), ((), (4,))]
 )
 def test_gradcheck_and_gradgradcheck(cov, batch, yshape):
-    logits, loc, s = random_params(batch, 3, 2, cov, seed=11, requires_grad=True)
+    logits, loc, s = random_mixture_params(batch, 3, 2, cov, seed=11, requires_grad=True)
     y = torch.randn(*yshape, 2, dtype=torch.float64, requires_grad=True)
 
     def f(a, b, c, yy):
-        return make(a, b, c, cov).log_prob(yy)
+        return make_mixture(a, b, c, cov).log_prob(yy)
 
     assert torch.autograd.gradcheck(f, (logits, loc, s, y))
     assert torch.autograd.gradgradcheck(f, (logits, loc, s, y))
@@ -162,11 +138,12 @@ def _plain_log_prob(logits, loc, scale, y):
 
 @pytest.mark.parametrize("spherical", [False, True])
 def test_custom_backward_matches_plain_autograd_float32(spherical):
-    g = torch.Generator().manual_seed(2)
     n, k, d = 64, 5, 3
-    logits = torch.randn(n, k, generator=g).requires_grad_()
-    loc = torch.randn(n, k, d, generator=g).requires_grad_()
-    scale = (torch.rand(n, k, 1 if spherical else d, generator=g) + 0.2).requires_grad_()
+    cov = "spherical" if spherical else "diagonal"
+    logits, loc, scale = random_mixture_params(
+        (n,), k, d, cov, dtype=torch.float32, seed=2, requires_grad=True, scale_low=0.2
+    )
+    g = torch.Generator().manual_seed(2)
     y = torch.randn(4, n, d, generator=g).requires_grad_()  # sample dims in front
     w = torch.randn(4, n, generator=g)
     (GaussianMixture(logits, loc, scale).log_prob(y) * w).sum().backward()
@@ -194,7 +171,7 @@ def test_extreme_values_float32_finite(cov):
         s = sig.requires_grad_()
     y = (scales * torch.tensor([1e4, 1e4, 1e4, 1.0, 0.0, 1e-2]))[:, None].expand(n, d).clone()
     y.requires_grad_()
-    lp = make(logits, loc, s, cov).log_prob(y)
+    lp = make_mixture(logits, loc, s, cov).log_prob(y)
     loss = -lp.mean()
     loss.backward()
     assert torch.isfinite(lp).all(), lp
@@ -206,11 +183,11 @@ def test_extreme_values_float32_finite(cov):
 
 
 def test_half_precision_loss_and_gradients_finite():
+    params = random_mixture_params((16,), 4, 2, "diagonal", dtype=torch.float32, scale_low=0.01)
+    y = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) * 50
     for dt in (torch.float16, torch.bfloat16):
-        logits = torch.randn(16, 4).to(dt).requires_grad_()
-        loc = torch.randn(16, 4, 2).to(dt).requires_grad_()
-        scale = (torch.rand(16, 4, 2) + 0.01).to(dt).requires_grad_()
-        lp = GaussianMixture(logits, loc, scale).log_prob(torch.randn(16, 2).to(dt) * 50)
+        logits, loc, scale = (t.to(dt).requires_grad_() for t in params)
+        lp = GaussianMixture(logits, loc, scale).log_prob(y.to(dt))
         assert lp.dtype == torch.float32
         (-lp.mean()).backward()
         for t in (logits, loc, scale):
@@ -220,8 +197,8 @@ def test_half_precision_loss_and_gradients_finite():
 # ----------------------------------------------------------------------------- moments
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_moments_closed_form_and_monte_carlo(cov):
-    logits, loc, s = random_params((2,), 3, 2, cov, seed=7)
-    m = make(logits, loc, s, cov)
+    logits, loc, s = random_mixture_params((2,), 3, 2, cov, seed=7)
+    m = make_mixture(logits, loc, s, cov)
     w = special.softmax(logits.numpy(), -1)
     mu = loc.numpy()
     covs = covariances(loc, s, cov)
@@ -290,7 +267,7 @@ def test_icdf_regression_dominant_component():
 
 
 def test_icdf_batched_and_quantile_and_interval():
-    logits, loc, s = random_params((4, 3), 5, 1, "diagonal", seed=9)
+    logits, loc, s = random_mixture_params((4, 3), 5, 1, "diagonal", seed=9)
     m = GaussianMixture(logits, loc, s)
     q = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x = m.icdf(q)
@@ -304,7 +281,7 @@ def test_icdf_batched_and_quantile_and_interval():
     with pytest.raises(ValueError, match="probabilities"):
         m.icdf(torch.tensor(1.5))
     with pytest.raises(ValueError, match="1-D"):
-        GaussianMixture(*random_params((), 2, 2, "diagonal")).cdf(torch.zeros(2))
+        GaussianMixture(*random_mixture_params((), 2, 2, "diagonal")).cdf(torch.zeros(2))
 
 
 def test_samples_1d_follow_exact_cdf_kstest():
@@ -382,8 +359,8 @@ def test_large_temperature_gives_uniform_component_frequencies():
 
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_sigma_temperature_scales_variance(cov):
-    logits, loc, s = random_params((), 1, 2, cov, seed=4)
-    m = make(logits, loc, s, cov)
+    logits, loc, s = random_mixture_params((), 1, 2, cov, seed=4)
+    m = make_mixture(logits, loc, s, cov)
     n = 100_000
     for st in (0.25, 4.0):
         x = m.sample((n,), sigma_temperature=st, generator=8).numpy()
@@ -410,7 +387,7 @@ def test_zero_weight_components_are_never_sampled():
 
 
 def test_seeds_reproduce_and_shapes():
-    logits, loc, tril = random_params((3,), 4, 2, "full", dtype=torch.float32)
+    logits, loc, tril = random_mixture_params((3,), 4, 2, "full", dtype=torch.float32)
     m = GaussianMixture(logits, loc, scale_tril=tril)
     a = m.sample((5, 2), generator=42)
     b = m.sample((5, 2), generator=torch.Generator().manual_seed(42))
@@ -432,11 +409,11 @@ def test_mode_1d_against_dense_grid():
     grid = torch.linspace(-6, 9, 300_001, dtype=torch.float64)
     lp = m.log_prob(grid[:, None, None])  # (G, 2)
     want = grid[lp.argmax(0)]
-    np.testing.assert_allclose(m.mode()[:, 0].numpy(), want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(m.mode[:, 0].numpy(), want.numpy(), atol=1e-4)
 
 
 def test_mode_full_against_scipy_optimize():
-    logits, loc, s = random_params((), 3, 2, "full", seed=21)
+    logits, loc, s = random_mixture_params((), 3, 2, "full", seed=21)
     m = GaussianMixture(logits, loc, scale_tril=s)
     w = special.softmax(logits.numpy())
     covs = covariances(loc, s, "full")
@@ -455,13 +432,13 @@ def test_mode_full_against_scipy_optimize():
         ),
         key=lambda r: r.fun,
     )
-    np.testing.assert_allclose(m.mode().numpy(), best.x, atol=1e-5)
+    np.testing.assert_allclose(m.mode.numpy(), best.x, atol=1e-5)
 
 
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_marginal_against_scipy(cov):
-    logits, loc, s = random_params((2,), 3, 3, cov, seed=13)
-    m = make(logits, loc, s, cov)
+    logits, loc, s = random_mixture_params((2,), 3, 3, cov, seed=13)
+    m = make_mixture(logits, loc, s, cov)
     covs = covariances(loc, s, cov)
     dims = [2, 0]
     mg = m.marginal(dims)
@@ -493,7 +470,7 @@ def test_marginal_against_scipy(cov):
 
 # ----------------------------------------------------------------------------- misc
 def test_indexing_expand_and_repr():
-    logits, loc, s = random_params((4, 3), 2, 2, "diagonal")
+    logits, loc, s = random_mixture_params((4, 3), 2, 2, "diagonal")
     m = GaussianMixture(logits, loc, s)
     y = torch.randn(4, 3, 2, dtype=torch.float64)
     torch.testing.assert_close(m[1].log_prob(y[1]), m.log_prob(y)[1])
@@ -506,7 +483,7 @@ def test_indexing_expand_and_repr():
 
 
 def test_argument_checks():
-    logits, loc, s = random_params((3,), 4, 2, "diagonal", dtype=torch.float32)
+    logits, loc, s = random_mixture_params((3,), 4, 2, "diagonal", dtype=torch.float32)
     with pytest.raises(ValueError, match="exactly one"):
         GaussianMixture(logits, loc)
     with pytest.raises(ValueError, match=r"K=5"):
@@ -556,13 +533,9 @@ def test_sampling_in_blocks_equals_one_block(monkeypatch):
     """Components are drawn in blocks of rows; block boundaries must not change the draws."""
     import mdnkit.mixture as mixture_module
 
-    g = torch.Generator().manual_seed(0)
     n, k = 5000, 7
-    m = GaussianMixture(
-        torch.randn(n, k, generator=g),
-        torch.randn(n, k, 2, generator=g),
-        torch.rand(n, k, 2, generator=g) + 0.1,
-    )
+    params = random_mixture_params((n,), k, 2, "diagonal", dtype=torch.float32, scale_low=0.1)
+    m = make_mixture(*params, "diagonal")
     monkeypatch.setattr(mixture_module, "_SAMPLE_BLOCK_ELEMENTS", 1 << 30)
     whole = m.sample((3,), temperature=0.7, generator=5)
     monkeypatch.setattr(mixture_module, "_SAMPLE_BLOCK_ELEMENTS", 1)  # blocks of 1024 rows
@@ -573,10 +546,7 @@ def test_sampling_in_blocks_equals_one_block(monkeypatch):
 def test_icdf_gradient_is_the_implicit_one():
     """icdf is differentiable: the gradient of the quantile matches finite differences
     (gradcheck), from one Newton step at the root rather than through the solver's iterations."""
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(3, 4, dtype=torch.float64, generator=g).requires_grad_()
-    loc = torch.randn(3, 4, 1, dtype=torch.float64, generator=g).requires_grad_()
-    scale = (torch.rand(3, 4, 1, dtype=torch.float64, generator=g) + 0.3).requires_grad_()
+    logits, loc, scale = random_mixture_params((3,), 4, 1, "diagonal", seed=1, requires_grad=True)
     q = torch.tensor([0.1, 0.5, 0.97], dtype=torch.float64)
 
     def quantiles(a, b, c):
@@ -589,17 +559,13 @@ def test_icdf_gradient_is_the_implicit_one():
 def test_affine_is_the_change_of_variables(kind):
     """log p_Y(y) = log p_Z((y - shift) / s) - sum log s, and spherical stays spherical only
     under a common scale."""
-    g = torch.Generator().manual_seed(4)
     k, d = 3, 2
-    logits, loc = torch.randn(5, k, generator=g), torch.randn(5, k, d, generator=g)
-    if kind == "full":
-        tril = torch.randn(5, k, d, d, generator=g).tril(-1)
-        tril = tril + torch.diag_embed(torch.rand(5, k, d, generator=g) + 0.5)
-        m = GaussianMixture(logits, loc, scale_tril=tril)
-    else:
-        m = GaussianMixture(logits, loc, torch.rand(5, k, 1 if kind == "spherical" else d) + 0.5)
+    params = random_mixture_params(
+        (5,), k, d, kind, dtype=torch.float32, seed=4, scale_low=0.5, tril_low=0.5
+    )
+    m = make_mixture(*params, kind)
     shift, s = torch.tensor([1.5, -2.0]), torch.tensor([3.0, 0.25])
-    y = torch.randn(5, d, generator=g)
+    y = torch.randn(5, d, generator=torch.Generator().manual_seed(4))
     expected = m.log_prob((y - shift) / s) - s.log().sum()
     torch.testing.assert_close(m.affine(shift, s).log_prob(y), expected, rtol=1e-5, atol=1e-5)
     if kind == "spherical":
@@ -609,8 +575,7 @@ def test_affine_is_the_change_of_variables(kind):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log_sum_exp_pieces_hold_no_denormal_floats(dtype):
-    from mdnkit.mixture import _exp_sum0
-
+    """kernels.shifted_exp_sum: exact zeros below EXP_FLOOR, -inf for all -inf columns."""
     # columns: a spread row, an all -inf row, one with a single finite term
     a = torch.tensor(
         [
@@ -622,7 +587,7 @@ def test_log_sum_exp_pieces_hold_no_denormal_floats(dtype):
         ],
         dtype=dtype,
     )
-    e, s, m = _exp_sum0(a)
+    e, s, m = kernels.shifted_exp_sum(a)
     tiny = torch.finfo(dtype).tiny
     assert bool(((e == 0) | (e >= tiny)).all())  # no subnormal values anywhere
     assert (e[2:, 0] == 0).all() and (e[:, 1] == 0).all()
@@ -672,13 +637,9 @@ def test_component_draws_are_the_inverse_cdf_of_the_same_uniforms(dtype):
 @pytest.mark.parametrize("cov", ["diagonal", "spherical", "full"])
 def test_mode_of_a_batch_against_scipy_optimize_row_by_row(cov):
     # batch (4, 3): every row's starts converge at their own pace
-    logits, loc, s = random_params((4, 3), 3, 2, cov, seed=5)
-    m = (
-        GaussianMixture(logits, loc, scale_tril=s)
-        if cov == "full"
-        else GaussianMixture(logits, loc, s)
-    )
-    got = m.mode()
+    logits, loc, s = random_mixture_params((4, 3), 3, 2, cov, seed=5)
+    m = make_mixture(logits, loc, s, cov)
+    got = m.mode
     assert got.shape == (4, 3, 2)
     for i in range(4):
         for j in range(3):
@@ -701,3 +662,157 @@ def test_mode_of_a_batch_against_scipy_optimize_row_by_row(cov):
             )
             # compared by density: two modes may tie
             assert -neg(got[i, j].numpy()) == pytest.approx(-best.fun, abs=1e-8)
+
+
+# ----------------------------------------------------------------------------- mode property
+def test_mode_property_is_find_mode_with_its_defaults():
+    logits, loc, s = random_mixture_params((3,), 4, 2, "diagonal", seed=8)
+    m = make_mixture(logits, loc, s, "diagonal")
+    assert isinstance(GaussianMixture.mode, property)  # as torch.distributions' mode
+    got = m.mode
+    assert got.shape == (3, 2)
+    assert torch.equal(got, m.find_mode()) and torch.equal(got, m.find_mode(200, 1e-9))
+    assert m.mode is got  # computed once
+    # the options matter: one fixed-point step from the means is not yet the mode
+    assert not torch.allclose(m.find_mode(max_iter=1), got, atol=1e-6)
+    # and the mode is a stationary point of the density: the gradient of log p vanishes
+    y = got.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(m.log_prob(y).sum(), y)
+    assert grad.abs().max().item() < 1e-6
+
+
+# ----------------------------------------------------------------------------- lazy values
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_derived_values_are_computed_once_and_views_stay_correct(cov):
+    logits, loc, s = random_mixture_params((2, 3), 4, 2, cov, seed=12)
+    m = make_mixture(logits, loc, s, cov)
+    w = special.softmax(logits.numpy(), -1)
+    for name in ("weights", "mean", "variance", "covariance_matrix", "component_variance"):
+        assert getattr(m, name) is getattr(m, name), name  # cached, not recomputed
+    assert torch.equal(m.probs, m.weights)
+    np.testing.assert_allclose(m.weights.numpy(), w, rtol=1e-12)
+    # derived distributions have their own values, not the parent's cached ones
+    np.testing.assert_allclose(m[1].weights.numpy(), w[1], rtol=1e-12)
+    np.testing.assert_allclose(m[:, 2].mean.numpy(), m.mean[:, 2].numpy(), rtol=1e-12)
+    e = m[0, 1].expand((5,))
+    assert e.weights.shape == (5, 4) and e.mean.shape == (5, 2)
+    np.testing.assert_allclose(e.weights.numpy(), np.broadcast_to(w[0, 1], (5, 4)), rtol=1e-12)
+    hot = m.with_temperature(2.0)
+    np.testing.assert_allclose(hot.weights.numpy(), special.softmax(logits.numpy() / 2, -1))
+    np.testing.assert_allclose(m.weights.numpy(), w, rtol=1e-12)  # the original is unchanged
+    cov_np = covariances(loc, s, cov)
+    np.testing.assert_allclose(m.component_covariance.numpy(), cov_np, rtol=1e-12)
+    np.testing.assert_allclose(
+        m.component_variance.numpy(), np.diagonal(cov_np, 0, -2, -1), rtol=1e-12
+    )
+
+
+# ----------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("n", [1, 3, 8, 9])
+def test_unrolled_sums_match_numpy(n):
+    t = torch.randn(4, n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    np.testing.assert_allclose(kernels.sum_dim1(t).numpy(), t.numpy().sum(1), rtol=1e-13)
+    u = t.transpose(1, 2)  # (4, 5, n), a strided view
+    np.testing.assert_allclose(kernels.sum_last(u).numpy(), u.numpy().sum(-1), rtol=1e-13)
+
+
+def test_component_major_round_trip_and_broadcast_sums():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g)  # (*b, K, C)
+    cm = kernels.to_component_major(t, torch.Size((2, 3)))
+    assert cm.is_contiguous()
+    np.testing.assert_array_equal(cm.numpy(), t.numpy().transpose(2, 3, 0, 1).reshape(4, 5, 6))
+    back = kernels.from_component_major(cm, torch.Size((2, 3)), t.shape)
+    assert torch.equal(back, t)
+    # a tensor broadcast along the batch: its gradient is summed over the broadcast dims
+    small = torch.randn(3, 4, 5, dtype=torch.float64, generator=g)  # batch (3,) -> (2, 3)
+    cm = kernels.to_component_major(small, torch.Size((2, 3)))
+    np.testing.assert_array_equal(
+        cm.numpy(),
+        np.broadcast_to(small.numpy(), (2, 3, 4, 5)).transpose(2, 3, 0, 1).reshape(4, 5, 6),
+    )
+    summed = kernels.from_component_major(cm, torch.Size((2, 3)), small.shape)
+    np.testing.assert_allclose(summed.numpy(), 2 * small.numpy(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("cov", ["diagonal", "spherical"])
+def test_diagonal_terms_match_scipy(cov):
+    logits, loc, s = random_mixture_params((6,), 3, 2, cov, seed=14)
+    y = torch.randn(6, 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z, inv, c = kernels.diagonal_terms(loc, s, y)
+    sig = np.broadcast_to(s.numpy(), loc.shape)
+    np.testing.assert_allclose(z.numpy(), (y.numpy() - loc.numpy()) / sig, rtol=1e-13)
+    np.testing.assert_allclose(inv.numpy(), 1 / s.numpy(), rtol=1e-15)
+    ref = stats.norm.logpdf(y.numpy(), loc.numpy(), sig).sum(-1) + kernels.LOG_2PI  # D/2 log 2pi
+    np.testing.assert_allclose(c.numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov", ["diagonal", "spherical"])
+def test_diagonal_mixture_lse_and_grad_match_scipy_and_closed_form(cov):
+    """The shared kernel's value against scipy, its gradients against the closed forms
+    (responsibilities and weights from scipy's softmax), with a per-row incoming gradient and
+    with a number and ``out=`` buffers (the fast step's way)."""
+    k, d, b = 4, 3, 7
+    logits, loc, s = random_mixture_params((b,), k, d, cov, seed=15)
+    logits[2, 1] = -math.inf  # a zero-weight component
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(b, d, dtype=torch.float64, generator=g) * 2
+    lt = logits.t().contiguous()  # (K, B)
+    inv = s.permute(1, 2, 0).reciprocal().contiguous()  # (K, C, B)
+    z = (y.t() - loc.permute(1, 2, 0)) * inv  # (K, D, B)
+    lse, pieces = kernels.diagonal_mixture_lse(lt, z, inv)
+    sig = np.broadcast_to(s.numpy(), loc.shape)  # (B, K, D)
+    comp = stats.norm.logpdf(y.numpy()[:, None, :], loc.numpy(), sig).sum(-1)  # (B, K)
+    lw = logits.numpy() - special.logsumexp(logits.numpy(), -1, keepdims=True)
+    want = special.logsumexp(lw + comp, -1) + 0.5 * d * math.log(2 * math.pi)
+    np.testing.assert_allclose(lse.numpy(), want, rtol=1e-12)
+    # closed-form gradients
+    r = special.softmax(lw + comp, -1)  # (B, K)
+    pi = special.softmax(logits.numpy(), -1)
+    gr = torch.randn(b, dtype=torch.float64, generator=g)
+    zz = (y.numpy()[:, None, :] - loc.numpy()) / sig  # (B, K, D)
+    gn = gr.numpy()[:, None]
+    want_logits = gn * (r - pi)
+    want_loc = gn[..., None] * r[..., None] * zz / sig
+    want_scale = gn[..., None] * r[..., None] * (zz**2 - 1) / sig
+    if cov == "spherical":
+        want_scale = want_scale.sum(-1, keepdims=True)
+    d_logits, d_loc, d_scale = kernels.diagonal_mixture_grad(gr, z, inv, pieces)
+    np.testing.assert_allclose(d_logits.t().numpy(), want_logits, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(d_loc.permute(2, 0, 1).numpy(), want_loc, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(d_scale.permute(2, 0, 1).numpy(), want_scale, rtol=1e-10, atol=1e-14)
+    # a number as the incoming gradient, written into given buffers
+    out = (torch.empty(k, b, dtype=torch.float64), torch.empty(k, d, b, dtype=torch.float64))
+    got = kernels.diagonal_mixture_grad(-0.5, z, inv, pieces, out)
+    assert got[0].data_ptr() == out[0].data_ptr() and got[1].data_ptr() == out[1].data_ptr()
+    np.testing.assert_allclose(out[0].t().numpy(), -0.5 * (r - pi), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        out[1].permute(2, 0, 1).numpy(), -0.5 * r[..., None] * zz / sig, rtol=1e-10, atol=1e-14
+    )
+    assert torch.isfinite(lse).all() and (d_loc[1, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [5, 70])
+def test_cumsum_component_major_matches_numpy(dtype, k):
+    p = torch.rand(9, 4, k, dtype=dtype, generator=torch.Generator().manual_seed(k))
+    p[0, 0, 1] = 0.0
+    got = kernels.cumsum_component_major(p)
+    assert got.shape == (k, 36)
+    want = np.cumsum(p.double().numpy().reshape(36, k), -1).T
+    np.testing.assert_allclose(
+        got.double().numpy(), want, rtol=1e-5 if dtype == torch.float32 else 1e-13
+    )
+    assert bool((got[1:] >= got[:-1]).all())  # exactly nondecreasing
+    buf = torch.empty(36 * k + 3, dtype=dtype)
+    torch.testing.assert_close(kernels.cumsum_component_major(p, buf), got)
+
+
+def test_weights_cdf_is_the_cumulative_softmax():
+    logits = torch.tensor(
+        [[0.0, 1.0, -2.0], [-300.0, -301.0, -299.0], [5.0, -math.inf, 5.0]], dtype=torch.float64
+    )
+    cdf = kernels.weights_cdf(logits)  # (K, C), unnormalised
+    want = np.cumsum(special.softmax(logits.numpy(), -1), -1).T
+    np.testing.assert_allclose((cdf / cdf[-1]).numpy(), want, rtol=1e-12, atol=1e-300)
+    assert cdf[1, 2] == cdf[0, 2]  # a zero weight adds exactly nothing

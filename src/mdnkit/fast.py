@@ -35,7 +35,6 @@ operations as it can:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -44,11 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .head import MDNHead
-from .mixture import EXP_FLOOR
+from .kernels import LOG_2PI, diagonal_mixture_grad, diagonal_mixture_lse
 
 __all__ = ["FastStep", "MLPFastStep", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 _aten = torch.ops.aten
 
@@ -121,52 +118,30 @@ def nll_component_major(
     gradients of the *negative* sum are :math:`\pi_k - r_k` (logits), :math:`-r_k u_k/\sigma_k`
     (means) and :math:`-r_k(u_k^2 - 1)/\sigma_k` (scales, summed over d for spherical ones)
     times the scale transform's derivative; if ``grad_out`` ``(P, N)`` is given they are
-    written into it, times ``grad_scale``.
+    written into it, times ``grad_scale``.  The log-sum-exp and its gradient are the shared
+    kernels :func:`~mdnkit.kernels.diagonal_mixture_lse` and
+    :func:`~mdnkit.kernels.diagonal_mixture_grad` (the same as :class:`~mdnkit.GaussianMixture`'s).
     """
     lay = head.layout
     k, d, n = lay.num_components, lay.out_features, params.shape[-1]
-    spherical = lay.covariance == "spherical"
     ds = lay.scale_width
     loc = params[lay.loc].view(k, d, n)
     raw = params[lay.scale].view(k, ds, n)
-    logits = params[lay.logits]
-    need_grad = grad_out is not None
-    sigma, dsigma = lay.scale_map.with_derivative(raw, need_grad)
+    sigma, dsigma = lay.scale_map.with_derivative(raw, grad_out is not None)
     inv = sigma.reciprocal_()
-    nu = (loc - z).mul_(inv)  # -u
-    uu = nu * nu
-    log_inv = inv.log()
-    if d == 1:
-        uu_sum, log_det = uu.view(k, n), log_inv.view(k, n)
-    else:
-        uu_sum = uu.sum(1)
-        log_det = log_inv.view(k, n) * d if spherical else log_inv.sum(1)
-    comp = log_det.add_(uu_sum, alpha=-0.5)
-    # log pi = a - log sa; t = log pi + c; log p = mt + log st; responsibilities et / st.
-    # (max, exp and sum written out: fewer kernels than log_softmax/logsumexp on short axes.)
-    # Exponents are clamped at EXP_FLOOR (see there): no denormal floats downstream.
-    a = logits - logits.amax(0)
-    ea = a.clamp(min=EXP_FLOOR).exp_()
-    sa = ea.sum(0)
-    t = a.add_(comp).sub_(sa.log())
-    mt = t.amax(0)
-    et = t.sub_(mt).clamp_(min=EXP_FLOOR).exp_()
-    st = et.sum(0)
-    total = st.log().add_(mt).sum()
+    u = (z - loc).mul_(inv)
+    # the shared diagonal log-sum-exp and its gradient (mdnkit.kernels)
+    lse, pieces = diagonal_mixture_lse(params[lay.logits], u, inv)
+    total = lse.sum()
     if grad_out is None:
         return total
-    r = et.div_(st)
-    torch.sub(ea.div_(sa), r, out=grad_out[lay.logits])
-    ri = r.view(k, 1, n).mul(inv)
-    torch.mul(ri, nu, out=grad_out[lay.loc].view(k, d, n))
-    if spherical:
-        factor = uu_sum.neg().add_(d).view(k, 1, n)
-    else:
-        factor = uu.neg_().add_(1.0)
+    # gradients of total, the logits' and means' written straight into grad_out; then times
+    # -grad_scale, all at once (the gradient of -total * grad_scale)
+    out = (grad_out[lay.logits], grad_out[lay.loc].view(k, d, n))
+    _, _, d_sigma = diagonal_mixture_grad(1.0, u, inv, pieces, out, overwrite=True)
     assert dsigma is not None
-    torch.mul(ri.mul_(factor), dsigma, out=grad_out[lay.scale].view(k, ds, n))
-    if grad_scale != 1.0:
-        grad_out.mul_(grad_scale)
+    torch.mul(d_sigma, dsigma, out=grad_out[lay.scale].view(k, ds, n))
+    grad_out.mul_(-grad_scale)
     return total
 
 
@@ -181,7 +156,7 @@ def flat_nll(
     n = pt.shape[1]
     g = torch.empty_like(pt) if need_grad else None
     total = nll_component_major(pt, zt, head, g, 1.0 / n)
-    out = 0.5 * d * _LOG_2PI - total / n
+    out = 0.5 * d * LOG_2PI - total / n
     return out, (g.t().reshape(shape) if g is not None else None)
 
 
@@ -251,7 +226,7 @@ class MLPFastStep:
         self.act, self.in_place, self.act_backward = (
             ACTIVATIONS[type(act)](act) if len(linears) > 1 else (None, True, None)
         )
-        self.offset = 0.5 * self.head.out_features * _LOG_2PI + float(model.y_std.log().sum())
+        self.offset = 0.5 * self.head.out_features * LOG_2PI + float(model.y_std.log().sum())
 
     def prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``(N, in)`` and targets ``(N, D)`` in the network's standardised units

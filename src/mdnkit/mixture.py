@@ -15,7 +15,10 @@ over :math:`y \\in \\mathbb{R}^D`.  Three covariance types are supported:
 
 Everything is computed in log space (log-softmax for the weights, log-sum-exp over the
 components, a triangular solve for full covariances), with every normalising constant, and in
-float32 or wider even when the parameters are half precision.
+float32 or wider even when the parameters are half precision.  The component-major kernels
+that do the arithmetic of diagonal and spherical densities (and of drawing components) are in
+:mod:`mdnkit.kernels`.  Derived values (``logits``, ``weights``, the moments, ``mode`` ...) are
+computed on first use and kept, as ``torch.distributions`` does.
 """
 
 from __future__ import annotations
@@ -30,218 +33,24 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
 from .checks import as_generator
+from .kernels import (
+    LOG_2PI,
+    UNROLL_MAX_D,
+    DiagonalMixtureLogProb,
+    diagonal_terms,
+    sum_last,
+    weights_cdf,
+)
 
 __all__ = ["GaussianMixture", "CovarianceType"]
 
 CovarianceType = Literal["diagonal", "spherical", "full"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
 Number = float | int
 TemperatureLike = Number | Tensor
 
 
-_UNROLL_MAX_D = 8
-
-
-def _lastsum(t: Tensor) -> Tensor:
-    """``t.sum(-1)``, unrolled for a short last dimension (CPU reductions over a tiny innermost
-    dimension are several times slower than the same number of elementwise additions)."""
-    n = t.shape[-1]
-    if n > _UNROLL_MAX_D:
-        return t.sum(-1)
-    out = t[..., 0]
-    for i in range(1, n):
-        out = out + t[..., i]
-    return out
-
-
-def _diagonal_terms(loc: Tensor, scale: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Standardised residuals z, 1/sigma, and the component log-densities without the 2*pi term."""
-    inv = scale.reciprocal()
-    z = (y - loc) * inv
-    d = loc.shape[-1]
-    log_det = _lastsum(inv.log()) if scale.shape[-1] == d else d * inv[..., 0].log()
-    return z, inv, log_det - 0.5 * _lastsum(z * z)
-
-
-def _component_major(t: Tensor, batch: torch.Size) -> Tensor:
-    """``(*b, K, C)`` -> contiguous ``(K, C, B)`` with ``B = prod(batch)`` (the batch dims broadcast).
-
-    Elementwise work and reductions over K then run along a long contiguous innermost dimension
-    (B), which is several times faster on CPU than broadcasting over a tiny innermost D or
-    reducing over a tiny innermost K; and the way back (:func:`_from_component_major`) copies
-    contiguous runs of C.
-    """
-    k, c = t.shape[-2], t.shape[-1]
-    t = t.expand(*batch, k, c)
-    n = len(batch)
-    return t.permute(n, n + 1, *range(n)).contiguous().reshape(k, c, -1)
-
-
-def _from_component_major(g: Tensor, batch: torch.Size, shape: torch.Size) -> Tensor:
-    """Inverse of :func:`_component_major` for a gradient ``(K, C, B)``, summed to ``shape``."""
-    n = len(batch)
-    k, c = g.shape[0], g.shape[1]
-    g = g.reshape(k, c, *batch)
-    lead = (1,) * (n - (len(shape) - 2)) + tuple(shape[:-2])
-    g = g.sum_to_size(k, c, *lead)
-    return g.permute(*range(2, n + 2), 0, 1).reshape(shape)
-
-
-def _sum1(t: Tensor) -> Tensor:
-    """``t.sum(1)``, unrolled for a short second dimension (D is small in most MDNs)."""
-    if t.shape[1] > _UNROLL_MAX_D:
-        return t.sum(1)
-    out = t[:, 0]
-    for i in range(1, t.shape[1]):
-        out = out + t[:, i]
-    return out
-
-
-# Exponents below this are treated as -inf: e^-60 ≈ 1e-26 beside a largest term of 1 changes
-# no float64 sum, and it keeps every product downstream clear of denormal floats (below
-# ~1e-38 in float32), whose arithmetic is ten times slower on the CPU.
-EXP_FLOOR = -60.0
-
-
-def _exp_sum0(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(exp(a - m), sum_k exp(a_k - m), m)`` with ``m = max_k a_k`` over dim 0 of ``(K, B)``.
-
-    ``log(s) + m`` is the log-sum-exp; rows that are all ``-inf`` give ``-inf`` (not NaN).
-    """
-    m = a.amax(0).nan_to_num(0.0, 0.0, 0.0)
-    d = a - m
-    # terms below e^EXP_FLOOR are exactly 0 (so rows of -inf stay -inf)
-    small = d < EXP_FLOOR
-    if torch.is_grad_enabled() and d.requires_grad:  # (double backward) differentiable ops
-        e = d.clamp(min=EXP_FLOOR).exp().masked_fill(small, 0.0)
-    else:  # in place: one temporary of floats and one of bools
-        e = d.clamp_(min=EXP_FLOOR).exp_().masked_fill_(small, 0.0)
-    return e, e.sum(0), m
-
-
-def _diagonal_core(
-    logits: Tensor, loc: Tensor, scale: Tensor, y: Tensor
-) -> tuple[tuple[Tensor, ...], torch.Size]:
-    """Component-major pieces of a diagonal/spherical mixture's log-density (differentiable ops).
-
-    Returns ``(z, inv, e_l, s_l, m_l, e_a, s_a, m_a)`` with ``z`` the standardised residuals
-    ``(K, D, B)``, ``inv`` = 1/σ ``(K, C, B)``, and for the logits ``l`` and for
-    ``a = l + log N_k + D/2 log 2π`` the :func:`_exp_sum0` triples; and the broadcast batch shape.
-    """
-    batch = torch.broadcast_shapes(
-        logits.shape[:-1], loc.shape[:-2], scale.shape[:-2], y.shape[:-2]
-    )
-    lt = _component_major(logits.unsqueeze(-1), batch)[:, 0]  # (K, B)
-    inv = _component_major(scale, batch).reciprocal()  # (K, C, B)
-    z = (_component_major(y, batch) - _component_major(loc, batch)).mul_(inv)  # (K, D, B)
-    d = loc.shape[-1]
-    log_inv = inv.log()
-    log_det = _sum1(log_inv) if inv.shape[1] == d else d * log_inv[:, 0]
-    a = lt + (log_det - 0.5 * _sum1(z * z))
-    return (z, inv, *_exp_sum0(lt), *_exp_sum0(a)), batch
-
-
-class _DiagonalMixtureLogProb(torch.autograd.Function):
-    r"""log p(y) of a diagonal or spherical mixture, with a hand-written backward pass.
-
-    With responsibilities :math:`r_k = p(k \mid y)`, weights :math:`\pi_k` and
-    :math:`z_k = (y - \mu_k)/\sigma_k`:
-    :math:`\partial/\partial a_k = r_k - \pi_k` (raw logits),
-    :math:`\partial/\partial \mu_k = r_k z_k / \sigma_k`,
-    :math:`\partial/\partial \sigma_k = r_k (z_k^2 - 1)/\sigma_k`,
-    :math:`\partial/\partial y = -\sum_k r_k z_k/\sigma_k`.
-
-    Everything is computed component-major (``(K, D, B)`` with the flattened batch innermost,
-    see :func:`_component_major`).  Saved for the backward pass: the residuals, inverse scales
-    and the shifted exponentials of the two log-sum-exps (about the size of the inputs), so the
-    backward is a handful of elementwise products.  It is made of differentiable operations
-    (recomputed from the inputs when a graph is requested), so higher derivatives work too.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, loc: Tensor, scale: Tensor, y: Tensor) -> Tensor:
-        (z, inv, e_l, s_l, m_l, e_a, s_a, m_a), batch = _diagonal_core(logits, loc, scale, y)
-        ctx.batch = batch
-        ctx.shapes = (logits.shape, loc.shape, scale.shape, y.shape)
-        ctx.save_for_backward(logits, loc, scale, y, z, inv, e_l, s_l, e_a, s_a)
-        const = 0.5 * loc.shape[-1] * _LOG_2PI
-        return ((s_a / s_l).log() + (m_a - m_l) - const).reshape(batch)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, loc, scale, y, z, inv, e_l, s_l, e_a, s_a = ctx.saved_tensors
-        batch = ctx.batch
-        if torch.is_grad_enabled():  # create_graph=True: recompute with a graph to the inputs
-            (z, inv, e_l, s_l, _, e_a, s_a, _), _ = _diagonal_core(logits, loc, scale, y)
-        d = z.shape[1]
-        g = grad.expand(batch).reshape(-1)
-        r = e_a * (g / s_a)  # (K, B): responsibilities times the incoming gradient
-        d_logits = r - e_l * (g / s_l)
-        r1 = r.unsqueeze(1)
-        rzi = (z * inv).mul_(r1)  # (K, D, B); in place on temporaries: fewer full-size buffers
-        if inv.shape[1] == d:
-            d_scale = (r1 * inv).neg_().addcmul_(rzi, z)  # r z^2 / sigma - r / sigma
-        else:
-            d_scale = (r * (_sum1(z * z) - d) * inv[:, 0]).unsqueeze(1)
-        l_shape, m_shape, s_shape, y_shape = ctx.shapes
-        d_y = None
-        if ctx.needs_input_grad[3]:
-            d_y = _from_component_major(-rzi.sum(0, keepdim=True), batch, y_shape)
-        d_logits = _from_component_major(d_logits.unsqueeze(1), batch, l_shape + (1,))
-        return (
-            d_logits.reshape(l_shape),
-            _from_component_major(rzi, batch, m_shape),
-            _from_component_major(d_scale, batch, s_shape),
-            d_y,
-        )
-
-
-def _cumsum_component_major(p: Tensor, out: Tensor | None = None) -> Tensor:
-    """Cumulative sums over the last (component) dimension of ``p`` ``(..., K)``, as ``(K, B)``.
-
-    One matrix product of a triangle of ones with ``p`` flattened to ``(B, K)`` and transposed
-    (a free view for BLAS): the comparisons and the count that follow then run along the long
-    contiguous dimension B.  Each entry is accumulated in index order, so the result is exactly
-    nondecreasing in k for nonnegative ``p`` (zero terms add exactly nothing).
-    """
-    k = p.shape[-1]
-    p = p.reshape(-1, k)
-    if k > 64 or p.dtype not in (torch.float32, torch.float64):
-        return p.cumsum(-1).t()
-    tri = torch.ones(k, k, dtype=p.dtype, device=p.device).tril_()
-    if out is None:
-        return tri @ p.t()
-    return torch.mm(tri, p.t(), out=out.view(-1)[: p.numel()].view(k, -1))
-
-
 _SAMPLE_BLOCK_ELEMENTS = 1 << 18  # rows x components per block when drawing components
-
-
-def _weights_cdf(scaled: Tensor, buffers: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Cumulative unnormalised weights ``(K, C)`` of logits ``scaled`` ``(C, K)``.
-
-    The weights are exp(a - m) with the exponent clamped at -87 (float32; -708 for float64) so
-    that no weight is subnormal (subnormals make the matrix product crawl).  m is first the
-    maximum over the whole block (a fast reduction); only if some row's total weight then falls
-    below e^-40 are the weights redone with each row's own maximum.  So every row's largest
-    weight is at least e^-40 / K, and a clamped weight (e^-87, zero-weight components included)
-    is at most K e^-47 of it: it can never be drawn, since the sampling threshold is at least
-    2^-24 of the row total (float32 draws) and, added to a larger cumulative sum, it rounds away.
-    """
-    floor = -87.0 if scaled.dtype != torch.float64 else -708.0
-    top = scaled.amax().nan_to_num(0.0, 0.0, 0.0)
-    if buffers is None:
-        w, out = scaled - top, None
-    else:  # reused across blocks: no fresh pages to fault in for every block
-        w = torch.sub(scaled, top, out=buffers[0].view(-1)[: scaled.numel()].view(scaled.shape))
-        out = buffers[1]
-    cdf = _cumsum_component_major(w.clamp_min_(floor).exp_(), out)
-    if not bool(cdf[-1].amin() >= math.exp(-40.0)):
-        arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
-        cdf = _cumsum_component_major(arg.clamp_min_(floor).exp_())
-    return cdf
 
 
 def _promote(t: Tensor) -> Tensor:
@@ -404,28 +213,31 @@ class GaussianMixture(Distribution):
         """K, the number of mixture components."""
         return self._k
 
-    @property
+    @lazy_property
     def weights(self) -> Tensor:
         r"""Mixture weights :math:`\pi = \operatorname{softmax}(\text{logits})`, shape ``(..., K)``."""
         return self.logits.exp()
 
-    probs = weights
-
     @property
+    def probs(self) -> Tensor:
+        """The mixture weights, :attr:`weights` (the name ``torch.distributions`` uses)."""
+        return self.weights
+
+    @lazy_property
     def component_scale_tril(self) -> Tensor:
         """Cholesky factors of every component covariance, ``(..., K, D, D)``, for any type."""
         if self.scale_tril is not None:
             return self.scale_tril
         return torch.diag_embed(self.scale.expand(*self.loc.shape))
 
-    @property
+    @lazy_property
     def component_covariance(self) -> Tensor:
         r"""Covariance matrices :math:`\Sigma_k` of every component, ``(..., K, D, D)``."""
         if self.scale_tril is not None:
             return self.scale_tril @ self.scale_tril.transpose(-1, -2)
         return torch.diag_embed(self.scale.expand(*self.loc.shape).square())
 
-    @property
+    @lazy_property
     def component_variance(self) -> Tensor:
         r"""Diagonal of each :math:`\Sigma_k`, ``(..., K, D)``."""
         if self.scale_tril is not None:
@@ -487,11 +299,11 @@ class GaussianMixture(Distribution):
         y = self._check_value(value).unsqueeze(-2)
         d = self._d
         if self.scale is not None:
-            return _diagonal_terms(self.loc, self.scale, y)[2] - 0.5 * d * _LOG_2PI
+            return diagonal_terms(self.loc, self.scale, y)[2] - 0.5 * d * LOG_2PI
         diff = y - self.loc
         tril = self.scale_tril
         diag = torch.diagonal(tril, dim1=-2, dim2=-1)
-        if d <= _UNROLL_MAX_D:
+        if d <= UNROLL_MAX_D:
             # Forward substitution, one vector operation per entry of L: far faster than a
             # batched triangular solve for the small D of most MDNs.
             zs: list[Tensor] = []
@@ -503,17 +315,17 @@ class GaussianMixture(Distribution):
                 zi = acc / diag[..., i]
                 zs.append(zi)
                 sq = zi * zi if sq is None else sq + zi * zi
-            return -0.5 * sq - _lastsum(diag.log()) - 0.5 * d * _LOG_2PI
+            return -0.5 * sq - sum_last(diag.log()) - 0.5 * d * LOG_2PI
         if diff.shape[:-1] != tril.shape[:-2]:
             tril = tril.expand(*diff.shape[:-1], d, d)
         z = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
-        return -0.5 * z.square().sum(-1) - diag.log().sum(-1) - 0.5 * d * _LOG_2PI
+        return -0.5 * z.square().sum(-1) - diag.log().sum(-1) - 0.5 * d * LOG_2PI
 
     def log_prob(self, value: Tensor) -> Tensor:
         r""":math:`\log p(y)`, shape ``broadcast(value.shape[:-1], batch_shape)``."""
         if self.scale is not None:
             y = self._check_value(value).unsqueeze(-2)
-            return _DiagonalMixtureLogProb.apply(self._raw_logits, self.loc, self.scale, y)
+            return DiagonalMixtureLogProb.apply(self._raw_logits, self.loc, self.scale, y)
         return torch.logsumexp(self.logits + self.component_log_prob(value), dim=-1)
 
     def posterior(self, value: Tensor) -> Tensor:
@@ -549,7 +361,7 @@ class GaussianMixture(Distribution):
         size = min(block, nb) * k
         buffers = (rows.new_empty(size), rows.new_empty(size)) if u.shape[0] == 1 else None
         for b0 in range(0, nb, block):
-            cdf = _weights_cdf(rows[b0 : b0 + block], buffers)  # (K, C)
+            cdf = weights_cdf(rows[b0 : b0 + block], buffers)  # (K, C)
             total = cdf[-1]
             # Threshold (1 - u) * total with u in [0, 1): in (0, total], so that rounding never
             # picks a component of zero weight; the index counts the cumulative weights below it.
@@ -656,12 +468,12 @@ class GaussianMixture(Distribution):
         return GaussianMixture(logits, self.loc, self.scale * r, validate_args=False)
 
     # ------------------------------------------------------------------ moments
-    @property
+    @lazy_property
     def mean(self) -> Tensor:
         r""":math:`\mathbb{E}[y] = \sum_k \pi_k \mu_k`, shape ``batch_shape + (D,)``."""
         return (self.weights.unsqueeze(-1) * self.loc).sum(-2)
 
-    @property
+    @lazy_property
     def variance(self) -> Tensor:
         r"""Per-dimension variance, by the law of total variance:
         :math:`\sum_k \pi_k (\sigma_{k}^2 + (\mu_k - \bar\mu)^2)`."""
@@ -669,7 +481,7 @@ class GaussianMixture(Distribution):
         dev = self.loc - self.mean.unsqueeze(-2)
         return (w * (self.component_variance + dev.square())).sum(-2)
 
-    @property
+    @lazy_property
     def covariance_matrix(self) -> Tensor:
         r""":math:`\sum_k \pi_k \big(\Sigma_k + (\mu_k-\bar\mu)(\mu_k-\bar\mu)^\top\big)`, ``(..., D, D)``."""
         w = self.weights[..., None, None]
@@ -677,8 +489,15 @@ class GaussianMixture(Distribution):
         outer = dev.unsqueeze(-1) * dev.unsqueeze(-2)
         return (w * (self.component_covariance + outer)).sum(-3)
 
-    def mode(self, max_iter: int = 200, tol: float = 1e-9) -> Tensor:
-        r"""The highest-density point, shape ``batch_shape + (D,)``.
+    @lazy_property
+    def mode(self) -> Tensor:
+        r"""The highest-density point, shape ``batch_shape + (D,)``: :meth:`find_mode` with its
+        default settings (computed on first use and kept)."""
+        return self.find_mode()
+
+    def find_mode(self, max_iter: int = 200, tol: float = 1e-9) -> Tensor:
+        r"""The highest-density point, shape ``batch_shape + (D,)``, found by a search whose
+        ``max_iter`` and ``tol`` are given here (:attr:`mode` uses the defaults).
 
         A fixed-point (mean-shift) iteration for the stationary points of a Gaussian mixture,
         :math:`y \leftarrow \big(\sum_k r_k \Sigma_k^{-1}\big)^{-1} \sum_k r_k \Sigma_k^{-1}\mu_k`
