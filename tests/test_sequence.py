@@ -15,8 +15,9 @@ import pytest
 import torch
 from scipy import special, stats
 
+from mdnkit.layout import DEFAULT_MIN_SCALE
 from mdnkit.mixture import GaussianMixture
-from mdnkit.sequence import MDNRNN, StepGenerator, pad_sequences, windows
+from mdnkit.sequence import MDNRNN, Sampling, StepGenerator, pad_sequences, windows
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and (
     importlib.util.find_spec("onnx") is not None
@@ -82,13 +83,65 @@ def test_bad_inputs_name_expected_and_found():
     bad[0, 0, 2] = 2.0  # pen state 2 with only 2 states
     with pytest.raises(ValueError, match="pen-state index in 0..1"):
         m.loss(bad, lengths)
-    with pytest.raises(ValueError, match="pen_states must be 0, 2 or 3"):
+    with pytest.raises(ValueError, match=r"pen_states must be one of \(0, 2, 3\), found 1"):
         MDNRNN(2, pen_states=1)
     with pytest.raises(ValueError, match="temperature must be"):
         m.generator(temperature=-1.0)
     g = m.generator(batch=2)
     with pytest.raises(ValueError, match=r"shape \(2, 3\) for a batch of 2.*found \(4,\)"):
         g.step(np.zeros(4, np.float32))
+
+
+def test_head_settings_live_in_the_head():
+    """The model reads K, covariance, scale transform and floor from its head (never a copy),
+    writes them into its config, and a config from an older file keeps its own floor."""
+    m = _model(covariance="spherical", scale_transform="elu")
+    lay = m.head.layout
+    assert (m.num_components, m.covariance, m.scale_transform, m.min_scale, m.event_dim) == (
+        lay.num_components,
+        lay.covariance,
+        lay.scale_transform,
+        lay.min_scale,
+        lay.out_features,
+    )
+    assert m.min_scale == DEFAULT_MIN_SCALE == 1e-3
+    stored = vars(m)
+    for name in ("num_components", "covariance", "scale_transform", "min_scale", "event_dim"):
+        assert name not in stored
+    cfg = m.config()
+    assert cfg["min_scale"] == DEFAULT_MIN_SCALE and MDNRNN(**cfg).config() == cfg
+    old = MDNRNN(**{**cfg, "min_scale": 1e-4})  # a file written when the default was 1e-4
+    assert old.head.min_scale == 1e-4 and old.config()["min_scale"] == 1e-4
+    with pytest.raises(ValueError, match=r"cell must be one of \('lstm', 'gru'\), found 'rnn'"):
+        MDNRNN(2, cell="rnn")
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer, found 0"):
+        MDNRNN(2, hidden_size=0)
+
+
+def test_sampling_settings_are_one_checked_object():
+    m = _model(pen_states=2)
+    m.prepare(*pad_sequences(_data(2)))
+    s = Sampling(temperature=0.7, sigma_temperature=0.5, pen_temperature=2.0, batch=3, generator=4)
+    assert s.root_sigma == pytest.approx(math.sqrt(0.5))
+    g = m.generator(
+        batch=3, temperature=0.7, sigma_temperature=0.5, pen_temperature=2.0, generator=4
+    )
+    assert g.sampling == s and g.batch == 3
+    # the same settings give the same events, whichever way they were passed
+    a = StepGenerator.from_sampling(m, s).generate(8)
+    b = StepGenerator(m, 3, 0.7, 0.5, 2.0, 4).generate(8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, m.generate(8, None, 0.7, 0.5, 2.0, 4, 3).numpy())
+    for kw, pattern in (
+        (dict(sigma_temperature=math.inf), "sigma_temperature must be a finite number >= 0"),
+        (dict(pen_temperature=-0.5), "pen_temperature must be a number >= 0, found -0.5"),
+        (dict(batch=0), "batch must be a positive integer, found 0"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            m.generator(**kw)
+    with pytest.raises(TypeError, match="generator must be None, an int seed"):
+        Sampling(generator="seed")
+    assert m.generate(3, temperature=math.inf, generator=0).shape == (1, 3, 3)  # uniform choice
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -117,7 +170,7 @@ def test_loss_matches_scipy(pen_states):
             pen = m.pen(h)[0].double().numpy() if pen_states else None
         for t in range(n):
             loc = raw[t, : k * d].reshape(k, d) * scale + shift
-            sig = (np.logaddexp(0, raw[t, k * d : 2 * k * d]) + 1e-4).reshape(k, d) * scale
+            sig = (np.logaddexp(0, raw[t, k * d : 2 * k * d]) + m.min_scale).reshape(k, d) * scale
             logw = special.log_softmax(raw[t, 2 * k * d :])
             comp = [
                 stats.multivariate_normal(loc[j], np.diag(sig[j] ** 2)).logpdf(s[t, :d])
