@@ -104,44 +104,46 @@ def _worker_keras(epochs: int, seed: int) -> dict:
 
 def _profile(steps: int = 300, repeats: int = 5) -> None:
     """Where one step of ``fit`` on the course network goes (batch 128, one thread): the same
-    calls as its fast path (``MDN._fast_trainer``, clipping, the direct Adam step)."""
+    calls as its fast path, through the public seam: ``model.fast_step`` (prepared and attached
+    as ``fit`` does), clipping and the update of the optimiser ``fit`` builds."""
     import torch
     import torch._dynamo  # noqa: F401
 
     from mdnkit.models import MDN
-    from mdnkit.training import _clip_grad_norm, _direct_adam_step, _make_optimizer
+    from mdnkit.training import FitSettings, Optimisation
 
     torch.set_num_threads(1)
     x, y, _, _ = _data(0)
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     model = MDN(1, 1, hidden=(15, 15), activation="relu", num_components=K)
     model.prepare(x, y)
-    trainer = model._fast_trainer()
-    trainer.attach()
-    opt = _make_optimizer("adam", [trainer.flat], 1e-3, 0.0, torch.device("cpu"))
-    step = _direct_adam_step(opt) or opt.step
+    step = model.fast_step(x, y)
+    if step is None:
+        raise SystemExit("the course network has no fast step here: nothing to profile")
+    settings = FitSettings(lr=1e-3, lr_schedule=None, patience=None, validation_split=0.0)
+    optim = Optimisation.build(settings, step.parameters, torch.device("cpu"), direct=True)
     names = ["batch slicing", "forward, loss, gradients", "clip_grad_norm", "Adam step"]
     per: dict[str, list[float]] = {n: [] for n in [*names, "total"]}
-    xs, zs = trainer.standardize(x, y)
-    for _ in range(repeats):
-        acc = [0.0] * (len(names) + 1)
-        for i in range(steps):
-            t = [time.perf_counter()]
-            j = (i % 23) * 128
-            xb, zb = xs[j : j + 128], zs[j : j + 128]
-            t.append(time.perf_counter())
-            trainer.step(xb, zb)
-            t.append(time.perf_counter())
-            _clip_grad_norm([trainer.flat], 10.0)
-            t.append(time.perf_counter())
-            step()
-            t.append(time.perf_counter())
-            for j in range(len(names)):
-                acc[j] += t[j + 1] - t[j]
-            acc[-1] += t[-1] - t[0]
-        for n, a in zip(per, acc):
-            per[n].append(a / steps * 1e6)
-    trainer.release()
+    with step.attached():
+        xs, zs = step.prepare(x, y)
+        for _ in range(repeats):
+            acc = [0.0] * (len(names) + 1)
+            for i in range(steps):
+                t = [time.perf_counter()]
+                j = (i % 23) * 128
+                xb, zb = xs[j : j + 128], zs[j : j + 128]
+                t.append(time.perf_counter())
+                step(xb, zb)
+                t.append(time.perf_counter())
+                optim.clip(step.parameters)
+                t.append(time.perf_counter())
+                optim.update()
+                t.append(time.perf_counter())
+                for j in range(len(names)):
+                    acc[j] += t[j + 1] - t[j]
+                acc[-1] += t[-1] - t[0]
+            for n, a in zip(per, acc):
+                per[n].append(a / steps * 1e6)
     med = {n: statistics.median(v) for n, v in per.items()}
     print(f"one training step, median of {repeats} x {steps} steps (us):")
     for n, v in med.items():

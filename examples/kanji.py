@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs_run": len(history.train_nll),
         "best_epoch": history.best_epoch,
         "train_seconds": round(seconds, 1),
-        "valid_nll_per_point": round(history.best_val_nll, 4),
+        "valid_nll_per_point": round(history.best_nll, 4),
         "test_nll_per_point": round(test_nll["nll"], 4),
         "test_offset_nll_per_point": round(test_nll["mixture_nll"], 4),
         "test_pen_nll_per_point": round(test_nll["pen_nll"], 4),

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs_run": len(history.train_nll),
         "best_epoch": history.best_epoch,
         "train_seconds": round(seconds, 1),
-        "valid_nll_per_event": round(history.best_val_nll, 4),
+        "valid_nll_per_event": round(history.best_nll, 4),
         "test_nll_per_event": round(test["nll"], 4),
         "test_events": test["events"],
         "iid_mixture_test_nll_per_event": round(iid_baseline(splits["train"], splits["test"]), 4),

@@ -91,10 +91,96 @@ def test_history_contents_and_training_improves():
     assert len(h.train_nll) == len(h.val_nll) == len(h.lr) == 30
     assert all(math.isfinite(v) for v in h.train_nll + h.val_nll)
     # y = 3 x0 + 10 + N(0, 0.5^2): the conditional entropy is 0.5 log(2 pi e 0.25) = 0.726 nats
-    assert h.best_val_nll < 0.726 + 0.25
-    assert h.best_val_nll == min(h.val_nll) and h.val_nll[h.best_epoch] == h.best_val_nll
+    assert h.best_nll < 0.726 + 0.25
+    assert h.best_nll == min(h.val_nll) and h.val_nll[h.best_epoch] == h.best_nll
+    assert h.monitor == "val_nll"
     d = h.as_dict()
     assert d["best_epoch"] == h.best_epoch and h.seconds > 0
+    assert d["best_nll"] == h.best_nll and d["monitor"] == "val_nll"
+    assert History.from_dict(d) == h
+
+
+def test_without_validation_data_the_training_nll_is_monitored():
+    x, y = _data(200)
+    h = fit(MDN(2, 1, hidden=(4,)), x, y, epochs=4, validation_split=0.0, seed=0, progress=False)
+    assert h.val_nll == [] and h.monitor == "train_nll"
+    assert h.best_nll == min(h.train_nll) == h.train_nll[h.best_epoch]
+
+
+def test_best_val_nll_is_a_deprecated_read_only_alias():
+    h = History(train_nll=[2.0], best_epoch=0, best_nll=2.0, monitor="train_nll")
+    with pytest.warns(DeprecationWarning, match="best_nll"):
+        assert h.best_val_nll == 2.0
+    with pytest.raises(AttributeError):
+        h.best_val_nll = 1.0
+    assert "best_val_nll" not in h.as_dict()
+
+
+def test_history_from_dict_reads_old_and_new_dicts():
+    old = {  # as_dict before the rename
+        "train_nll": [2.0, 1.5],
+        "val_nll": [1.9, 1.6],
+        "lr": [0.003, 0.003],
+        "best_epoch": 1,
+        "best_val_nll": 1.6,
+        "stopped_early": False,
+        "seconds": 0.5,
+        "nan_recoveries": 0,
+    }
+    h = History.from_dict(old)
+    assert h.best_nll == 1.6 and h.monitor == "val_nll" and h.train_nll == [2.0, 1.5]
+    assert h.train_nll is not old["train_nll"]
+    no_val = History.from_dict({**old, "val_nll": [], "best_val_nll": None})
+    assert no_val.monitor == "train_nll" and no_val.best_nll == math.inf
+    assert History.from_dict({}) == History(monitor="train_nll")
+    assert History.from_dict({**h.as_dict(), "from_a_later_version": 1}) == h
+    with pytest.raises(ValueError, match="monitor"):
+        History.from_dict({**h.as_dict(), "monitor": "test_nll"})
+    with pytest.raises(TypeError, match="mapping"):
+        History.from_dict([1, 2])
+
+
+def test_an_estimator_saved_with_an_old_history_loads():
+    pytest.importorskip("sklearn")
+    from mdnkit.estimator import MDNRegressor
+
+    x, y = _data(60)
+    reg = MDNRegressor(hidden=(4,), num_components=2, epochs=2, random_state=0).fit(x, y)
+    config = reg.config()
+    old = {k: v for k, v in config["history"].items() if k not in ("best_nll", "monitor")}
+    config["history"] = {**old, "best_val_nll": config["history"]["best_nll"]}
+    loaded = MDNRegressor.from_saved(config, reg.state_dict())
+    assert loaded.history_ == reg.history_ and loaded.history_.monitor == "val_nll"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 1.5}, "epochs must be a positive integer, found 1.5"),
+        ({"lr": -1.0}, "lr must be a finite number > 0, found -1.0"),
+        ({"weight_decay": math.inf}, "weight_decay must be a finite number >= 0, found inf"),
+        ({"validation_split": 1}, "validation_split must be a finite number >= 0 and < 1, found 1"),
+        ({"clip_grad_norm": 0}, "clip_grad_norm must be a finite number > 0 or None, found 0"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of ('adam', 'adamw', 'sgd')"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of ('plateau', 'cosine', None)"),
+    ],
+)
+def test_bad_arguments_say_what_was_expected_and_found(kwargs, message):
+    x, y = _data(32)
+    with pytest.raises(ValueError) as err:
+        fit(MDN(2, 1, hidden=(4,)), x, y, progress=False, **kwargs)
+    assert message in str(err.value)
+
+
+def test_history_pickled_before_the_rename_still_loads():
+    import pickle
+
+    h = History(train_nll=[2.0], val_nll=[1.9], best_epoch=0, best_nll=1.9)
+    assert pickle.loads(pickle.dumps(h)) == h
+    old = History.__new__(History)  # the instance dict of an old History
+    state = {k: v for k, v in h.__dict__.items() if k not in ("best_nll", "monitor")}
+    old.__setstate__({**state, "best_val_nll": 1.9})
+    assert old == h
 
 
 def test_early_stopping_restores_the_best_weights():
@@ -195,7 +281,7 @@ def test_dataloader_input_and_validation_loader():
     assert len(h.val_nll) == 5
     torch.testing.assert_close(m.y_mean, y.mean(0))  # prepare ran on the loader's tensors
     # the validation NLL of the kept weights is the size-weighted mean over the loader
-    assert m.nll(xv, yv) == pytest.approx(h.best_val_nll, rel=1e-5)
+    assert m.nll(xv, yv) == pytest.approx(h.best_nll, rel=1e-5)
 
 
 class _ListDataset(Dataset):
@@ -301,7 +387,7 @@ def test_large_validation_set_is_evaluated_in_chunks(monkeypatch):
     m = MDN(2, 1, hidden=(4,), num_components=2)
     h = fit(m, x, y, validation_data=(xv, yv), epochs=2, seed=0, progress=False)
     # the row-weighted mean of the chunks is the mean over all rows
-    assert m.nll(xv, yv) == pytest.approx(h.best_val_nll, rel=1e-5)
+    assert m.nll(xv, yv) == pytest.approx(h.best_nll, rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -92,11 +92,15 @@ def number(
     low_open: bool = False,
     high_open: bool = False,
     finite: bool = True,
-) -> float:
-    """``value`` as a float in the given range (finite unless ``finite=False``); else ValueError.
+    or_none: bool = False,
+) -> float | None:
+    """``value`` as a float in the given range (finite unless ``finite=False``; ``None`` passes
+    through when ``or_none``); else ValueError.
 
     The message states the range: ``lr must be a finite number > 0, found -1``.
     """
+    if or_none and value is None:
+        return None
     ok = (
         isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
@@ -113,7 +117,8 @@ def number(
             parts.append(f"{'<' if high_open else '<='} {high:g}")
         kind = "finite number" if finite else "number"
         rng = " and ".join(parts)
-        raise ValueError(f"{name} must be a {kind}{' ' + rng if rng else ''}, found {value!r}")
+        rng = (" " + rng if rng else "") + (" or None" if or_none else "")
+        raise ValueError(f"{name} must be a {kind}{rng}, found {value!r}")
     return float(value)
 
 

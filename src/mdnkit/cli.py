@@ -386,13 +386,14 @@ def _cmd_fit(args) -> int:
         "history": {
             "epochs": len(history),
             "best_epoch": history.best_epoch,
-            "best_val_nll": history.as_dict()["best_val_nll"],
+            "best_nll": history.as_dict()["best_nll"],
+            "monitor": history.monitor,
             "seconds": round(history.seconds, 3),
         },
     }
     save(model, out, metadata=metadata)
-    best = history.as_dict()["best_val_nll"]
-    monitor = "validation" if history.val_nll else "training"
+    best = history.as_dict()["best_nll"]
+    monitor = "validation" if history.monitor == "val_nll" else "training"
     print(
         f"trained {_describe(model)} on {n} rows in {history.seconds:.1f} s "
         f"({len(history)} epochs); best {monitor} NLL "

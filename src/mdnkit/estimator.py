@@ -196,7 +196,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if kind == "mean":
             return self._out(m.mean)
         if kind == "mode":
-            return self._out(m.mode())
+            return self._out(m.mode)
         return self._out(self._marginal_icdf(m, torch.tensor(0.5, dtype=torch.float64)))
 
     def _marginal_icdf(self, m: GaussianMixture, q: torch.Tensor) -> torch.Tensor:
@@ -325,8 +325,5 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         est._y_1d = bool(config["y_1d"])
         if "feature_names_in" in config:
             est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
-        h = dict(config.get("history") or {})
-        if h.get("best_val_nll") is None:
-            h["best_val_nll"] = float("inf")
-        est.history_ = History(**h)
+        est.history_ = History.from_dict(config.get("history") or {})
         return est
