@@ -19,6 +19,7 @@ from typing import Any
 from .head import MDNHead
 from .loss import mdn_loss
 from .mixture import GaussianMixture
+from .per_dimension import PerDimensionMixture
 
 __version__ = "0.1.0"
 
@@ -45,7 +46,7 @@ _SUBMODULES = (
     "cli",
 )
 
-__all__ = ["GaussianMixture", "MDNHead", "mdn_loss", "__version__", *_LAZY]
+__all__ = ["GaussianMixture", "PerDimensionMixture", "MDNHead", "mdn_loss", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
