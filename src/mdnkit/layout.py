@@ -169,37 +169,37 @@ class HeadLayout:
         object.__setattr__(self, "min_scale", float(self.min_scale))
         object.__setattr__(self, "scale_map", ScaleMap(self.scale_transform, self.min_scale))
 
-    # ------------------------------------------------------------------ sizes and slices
-    @property
+    # ---------------------------------------- sizes and slices (computed once: the layout is frozen)
+    @cached_property
     def scale_width(self) -> int:
         """Raw scale entries per component: D, 1 or D(D+1)/2."""
         d = self.out_features
         return {"diagonal": d, "spherical": 1, "full": d * (d + 1) // 2}[self.covariance]
 
-    @property
+    @cached_property
     def n_loc(self) -> int:
         """Size of the means block, K·D."""
         return self.num_components * self.out_features
 
-    @property
+    @cached_property
     def n_scale(self) -> int:
         """Size of the scales block, K times :attr:`scale_width`."""
         return self.num_components * self.scale_width
 
-    @property
+    @cached_property
     def num_params(self) -> int:
         """Length of the flat parameter vector: K·D + (scale block) + K."""
         return self.n_loc + self.n_scale + self.num_components
 
-    @property
+    @cached_property
     def loc(self) -> slice:
         return slice(0, self.n_loc)
 
-    @property
+    @cached_property
     def scale(self) -> slice:
         return slice(self.n_loc, self.n_loc + self.n_scale)
 
-    @property
+    @cached_property
     def logits(self) -> slice:
         return slice(self.n_loc + self.n_scale, self.num_params)
 
