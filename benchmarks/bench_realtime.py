@@ -6,7 +6,9 @@ event, advance the recurrent state, compute the mixture and sample the next even
 in the same process, interleaved, medians of repeats (so that load from other processes affects
 all of them alike):
 
-1. ``mdnkit``: ``model.generator().step(event)`` (:class:`mdnkit.sequence.StepGenerator`).
+1. ``mdnkit``: ``model.generator().step(event)`` (:class:`mdnkit.sequence.StepGenerator`);
+   also a conditioned model of the same size (2 per-step inputs, a 4-dimensional context that
+   sets the initial state): ``model.generator(context=c).step(event, inputs=a)``.
 2. ``mdnkit`` on onnxruntime: :func:`mdnkit.sequence.export_onnx` then
    :class:`mdnkit.sequence.OnnxGenerator` ``.step(event)``.
 3. The naive PyTorch route, for reference: ``model(x, state)`` on one step (``nn.LSTM``) then
@@ -55,6 +57,18 @@ def _per_step(step, event, n: int) -> float:
 def mdnkit_step(model: MDNRNN):
     g = model.generator(generator=0)
     return g.step, g.step()
+
+
+def mdnkit_conditioned_step():
+    """The same network with per-step inputs (an action, 2 values) and a context (4 values)."""
+    torch.manual_seed(0)
+    model = MDNRNN(
+        D, hidden_size=H, num_layers=LAYERS, num_components=K, input_dim=2, context_dim=4
+    ).eval()
+    model.prepare(torch.randn(64, 32, D))
+    g = model.generator(generator=0, context=np.ones(4, np.float32))
+    action = np.array([0.5, -0.5], np.float32)
+    return (lambda event: g.step(event, action)), g.step(None, action)
 
 
 def onnx_step(model: MDNRNN, folder: str):
@@ -115,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         routes: dict[str, tuple] = {
             "mdnkit StepGenerator (NumPy)": (*mdnkit_step(model), n_fast),
+            "mdnkit StepGenerator, inputs + context (NumPy)": (*mdnkit_conditioned_step(), n_fast),
             "mdnkit OnnxGenerator (onnxruntime)": (*onnx_step(model, folder), n_fast),
             "PyTorch nn.LSTM step + GaussianMixture.sample": (
                 *torch_naive_step(model),

@@ -333,3 +333,68 @@ def test_fast_nll_pieces_hold_no_denormal_floats():
     assert total.item() - n * 0.5 * math.log(2 * math.pi) == pytest.approx(
         ref.sum().item(), rel=1e-6
     )
+
+
+# ------------------------------------------------------------------------------------ per-dimension head
+def test_per_dimension_head_log_prob_is_a_sum_of_scipy_1d_mixtures():
+    """mixture="per_dimension": 3·K·D outputs in dimension-major blocks; log p(y) is the sum over
+    dimensions of 1-D K-component mixtures, computed here with SciPy from the raw outputs."""
+    torch.manual_seed(0)
+    k, d = 3, 2
+    head = MDNHead(5, d, k, mixture="per_dimension", scale_transform="exp")
+    h, y = torch.randn(4, 5), torch.randn(4, d)
+    with torch.no_grad():
+        raw = head.params(h).double().numpy()
+        lp = head(h).log_prob(y).double().numpy()
+    assert raw.shape == (4, 3 * k * d)
+    for i in range(4):
+        mu = raw[i, : k * d].reshape(d, k)
+        sig = (np.exp(raw[i, k * d : 2 * k * d]) + head.min_scale).reshape(d, k)
+        logits = raw[i, 2 * k * d :].reshape(d, k)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        want = sum(
+            np.log(np.sum(w[j] * stats.norm(mu[j], sig[j]).pdf(float(y[i, j])))) for j in range(d)
+        )
+        assert lp[i] == pytest.approx(want, rel=1e-6, abs=1e-6)
+    with pytest.raises(
+        ValueError, match="needs covariance='diagonal', found covariance='spherical'"
+    ):
+        MDNHead(5, d, k, covariance="spherical", mixture="per_dimension")
+
+
+def test_per_dimension_head_initialises_and_the_fast_step_declines_it():
+    """init_from_data puts each dimension's K means at its own quantiles; MDN.fast_step returns
+    None for a per-dimension head (fit then uses autograd)."""
+    y = torch.randn(400, 2) * torch.tensor([1.0, 50.0])
+    head = MDNHead(3, 2, 4, mixture="per_dimension").init_from_data(y)
+    with torch.no_grad():
+        loc = head(torch.zeros(1, 3)).loc[0]  # (D, K)
+    q = torch.quantile(y, (torch.arange(4.0) + 0.5) / 4, dim=0).T
+    torch.testing.assert_close(loc, q.float(), rtol=1e-4, atol=1e-4)
+    model = MDN(3, 2, hidden=(8,), num_components=4)
+    x = torch.randn(400, 3)
+    assert model.fast_step(x, y) is not None
+    model.head = MDNHead(8, 2, 4, mixture="per_dimension")
+    assert model.fast_step(x, y) is None
+
+
+def test_mdn_loss_with_a_per_dimension_head_is_its_mixtures_nll():
+    """MDN.loss takes its fast joint-mixture branch only for joint heads: with a per-dimension
+    head it is the mean NLL of the head's PerDimensionMixture (plus the target's log-scale),
+    here recomputed with SciPy from the raw outputs (an unprepared MDN standardises nothing)."""
+    torch.manual_seed(1)
+    k, d = 3, 2
+    model = MDN(2, d, hidden=(8,), num_components=k)
+    model.head = MDNHead(8, d, k, mixture="per_dimension", scale_transform="exp")
+    x, y = torch.randn(16, 2), torch.randn(16, d) * 3
+    with torch.no_grad():
+        loss = float(model.loss(x, y))
+        raw = model.head.params(model.body(x)).double().numpy()
+    mu = raw[:, : k * d].reshape(-1, d, k)
+    sig = (np.exp(raw[:, k * d : 2 * k * d]) + model.head.min_scale).reshape(-1, d, k)
+    logits = raw[:, 2 * k * d :].reshape(-1, d, k)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    dens = (w * stats.norm(mu, sig).pdf(y.double().numpy()[..., None])).sum(-1)
+    assert loss == pytest.approx(-np.log(dens).sum(-1).mean(), rel=1e-5)

@@ -273,6 +273,54 @@ def test_stateful_step_equals_full_sequence_forward(cell, covariance):
     assert g.state[0].shape == tuple(h_ref.shape)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_conditioned_per_dimension_step_equals_full_sequence_forward(cell):
+    """The parity above with per-step inputs, a context that sets the initial state, a
+    per-dimension mixture and both extra heads (tests/test_conditioning.py covers more)."""
+    torch.manual_seed(1)
+    m = MDNRNN(
+        3, hidden_size=12, num_layers=2, cell=cell, num_components=3, pen_states=2,
+        input_dim=2, context_dim=3, mixture="per_dimension", done=True, reward=True,
+    )  # fmt: skip
+    x = torch.from_numpy(_data(2, lengths=(8,), d=3)[0])
+    x = torch.cat([x[:, :4], torch.randn(8, 1), (torch.rand(8, 1) > 0.5).float()], -1)[None]
+    inputs, context = torch.randn(1, 8, 2), torch.randn(1, 3)
+    m.prepare(x, None, inputs, context)
+    with torch.no_grad():
+        out = m(x, None, inputs, context)
+    g = m.generator(generator=0, context=context[0].numpy())
+    g.predict(None, np.zeros(2, np.float32))  # forward reads the start token with zero inputs
+    for t in range(x.shape[1]):
+        p = g.predict(x[0, t].numpy(), inputs[0, t].numpy())
+        want = {
+            "logits": out.mixture.logits,
+            "loc": out.mixture.loc,
+            "scale": out.mixture.scale,
+            "pen_logits": out.pen_logits,
+            "done_logits": out.done_logits,
+            "reward_loc": out.reward.loc,
+            "reward_scale": out.reward.scale,
+        }
+        for name, ref in want.items():
+            np.testing.assert_allclose(p[name][0], ref[0, t].numpy(), atol=1e-5, rtol=1e-5)
+    assert p["scale_tril"] is None and p["loc"].shape == (1, 3, 3)  # (B, D, K)
+
+
+def test_loss_takes_a_batch_tuple_positionally():
+    """fit calls model.loss(*batch): (x, lengths), (x, lengths, None, None) and keyword-only
+    reduction all work; a positional reduction is refused."""
+    m = _model(pen_states=2)
+    x, lengths = pad_sequences(_data(2))
+    m.prepare(x, lengths, None, None)
+    with torch.no_grad():
+        a = m.loss(*(x, lengths))
+        b = m.loss(*(x, lengths, None, None))
+        assert torch.equal(a, b)
+        assert m.loss(x, lengths, reduction="none").shape == (3, 9)
+    with pytest.raises(ValueError, match="expected no per-step inputs"):
+        m.loss(x, lengths, "sum")
+
+
 # ------------------------------------------------------------------------------------ generation
 def test_generate_shapes_seeds_and_types():
     m = _model(pen_states=2)

@@ -2,7 +2,8 @@
 
 ``MDNHead(in_features, out_features, num_components)`` can be put at the end of any network
 (MLP, RNN, transformer): its ``forward(h)`` returns a :class:`~mdnkit.GaussianMixture` with
-``batch_shape = h.shape[:-1]``.  The flat parameter layout (the last dimension of
+``batch_shape = h.shape[:-1]`` (a :class:`~mdnkit.PerDimensionMixture` with
+``mixture="per_dimension"``).  The flat parameter layout (the last dimension of
 :meth:`MDNHead.params`) and the scale transforms are described in :mod:`mdnkit.layout`; the head
 keeps its :class:`~mdnkit.layout.HeadLayout` as :attr:`MDNHead.layout`.
 """
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 from . import checks
 from .layout import DEFAULT_MIN_SCALE, HeadLayout
 from .mixture import GaussianMixture
-from .options import CovarianceType, InitMethod, ScaleTransform
+from .options import CovarianceType, InitMethod, MixtureType, ScaleTransform
+from .per_dimension import PerDimensionMixture
 
 __all__ = ["MDNHead", "ScaleTransform", "kmeans"]
 
@@ -77,6 +79,11 @@ class MDNHead(nn.Module):
         covariance: ``"diagonal"``, ``"spherical"`` or ``"full"``.
         scale_transform: ``"softplus"``, ``"exp"`` or ``"elu"``.
         min_scale: :math:`\sigma_{min} > 0`, the floor that stops a component collapsing onto a point.
+        mixture: ``"joint"`` (one K-component mixture over the D values: a
+            :class:`~mdnkit.GaussianMixture`) or ``"per_dimension"`` (each value its own
+            K-component 1-D mixture, 3·K·D parameters: a :class:`~mdnkit.PerDimensionMixture`,
+            diagonal only), :math:`p(y) = \prod_d \sum_k \pi_{dk}\,\mathcal{N}(y_d \mid
+            \mu_{dk}, \sigma_{dk}^2)`.
 
     Example:
         >>> head = MDNHead(16, 2, num_components=5)
@@ -84,6 +91,8 @@ class MDNHead(nn.Module):
         >>> mixture.batch_shape, mixture.event_shape
         (torch.Size([8]), torch.Size([2]))
         >>> loss = -mixture.log_prob(torch.randn(8, 2)).mean()
+        >>> MDNHead(16, 2, num_components=5, mixture="per_dimension")(torch.randn(8, 16)).loc.shape
+        torch.Size([8, 2, 5])
     """
 
     def __init__(
@@ -94,12 +103,13 @@ class MDNHead(nn.Module):
         covariance: CovarianceType = "diagonal",
         scale_transform: ScaleTransform = "softplus",
         min_scale: float = DEFAULT_MIN_SCALE,
+        mixture: MixtureType = "joint",
     ) -> None:
         super().__init__()
         self.in_features = checks.positive_int("in_features", in_features)
         #: where each parameter sits in the flat vector, and the scale transform (one home)
         self.layout = HeadLayout(
-            num_components, out_features, covariance, scale_transform, min_scale
+            num_components, out_features, covariance, scale_transform, min_scale, mixture
         )
         self.proj = nn.Linear(self.in_features, self.num_params)
 
@@ -129,8 +139,13 @@ class MDNHead(nn.Module):
         return self.layout.min_scale
 
     @property
+    def mixture_type(self) -> MixtureType:
+        """``"joint"`` or ``"per_dimension"``."""
+        return self.layout.mixture
+
+    @property
     def num_params(self) -> int:
-        """Length of the flat parameter vector: K·D + (scale block) + K."""
+        """Length of the flat parameter vector: K·D + (scale block) + K (3·K·D per dimension)."""
         return self.layout.num_params
 
     def extra_repr(self) -> str:
@@ -138,6 +153,7 @@ class MDNHead(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"num_components={self.num_components}, covariance='{self.covariance}', "
             f"scale_transform='{self.scale_transform}', min_scale={self.min_scale}"
+            + (f", mixture='{self.mixture_type}'" if self.layout.per_dimension else "")
         )
 
     def params(self, h: Tensor) -> Tensor:
@@ -149,17 +165,20 @@ class MDNHead(nn.Module):
             )
         return self.proj(h)
 
-    def mixture(self, params: Tensor) -> GaussianMixture:
-        """Build the :class:`GaussianMixture` from flat parameters ``(..., num_params)``."""
+    def mixture(self, params: Tensor) -> GaussianMixture | PerDimensionMixture:
+        """Build the :class:`GaussianMixture` (or :class:`PerDimensionMixture`) from flat
+        parameters ``(..., num_params)``."""
         if params.shape[-1] != self.num_params:
             raise ValueError(
                 f"expected {self.num_params} mixture parameters in the last dimension, "
                 f"found shape {tuple(params.shape)}"
             )
         logits, loc, scale, tril = self.layout.decode(params)
+        if self.layout.per_dimension:
+            return PerDimensionMixture(logits, loc, scale, validate_args=False)
         return GaussianMixture(logits, loc, scale, tril, validate_args=False)
 
-    def forward(self, h: Tensor) -> GaussianMixture:
+    def forward(self, h: Tensor) -> GaussianMixture | PerDimensionMixture:
         return self.mixture(self.params(h))
 
     @torch.no_grad()
@@ -186,6 +205,8 @@ class MDNHead(nn.Module):
             raise ValueError(f"expected targets of shape (N, {d}), found {tuple(y.shape)}")
         if not torch.isfinite(y).all():
             raise ValueError("targets contain NaN or inf")
+        if self.layout.per_dimension:
+            return self._init_per_dimension(y, weight_scale)
         if method == "auto":
             method = "quantile" if d == 1 else "kmeans"
         if method == "quantile":
@@ -229,4 +250,21 @@ class MDNHead(nn.Module):
         lg = lay.logits
         w[lg] *= weight_scale
         b[lg] = torch.log((counts + 1) / (counts.sum() + k)).to(dt)
+        return self
+
+    def _init_per_dimension(self, y: Tensor, weight_scale: float) -> MDNHead:
+        """Per-dimension heads: each dimension's K means at its own quantiles
+        :math:`(k+\tfrac12)/K`, each σ the spread of its quantile bin, equal weights."""
+        k, d = self.num_components, self.out_features
+        q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        centres = torch.quantile(y, q, dim=0).T.contiguous()  # (D, K)
+        floor = (y.std(0) / (4 * k)).clamp_min(10 * self.min_scale + 1e-6)  # (D,)
+        width = y.std(0) / k if k > 1 else y.std(0)
+        spread = torch.maximum(width, floor)[:, None].expand(d, k)
+        lay, w, b = self.layout, self.proj.weight, self.proj.bias
+        for block in (lay.loc, lay.scale, lay.logits):
+            w[block] *= weight_scale
+        b[lay.loc] = centres.reshape(-1).to(b.dtype)
+        b[lay.scale] = lay.scale_map.inverse(spread.reshape(-1)).to(b.dtype)
+        b[lay.logits] = 0.0
         return self

@@ -16,6 +16,12 @@ scales             K·D (diagonal)         raw σ, through the scale transform
 logits             K                      mixture logits
 =================  =====================  ==============================================
 
+With ``mixture="per_dimension"`` (each of the D values has its own K-component 1-D mixture, the
+World Models MDN-RNN's head; diagonal only) the three blocks are dimension-major, D·K each:
+means :math:`\mu_{1,1} … \mu_{1,K}, \mu_{2,1} …`, then the raw σ in the same order, then the
+logits in the same order (3·K·D in all), and :meth:`HeadLayout.split` gives ``(..., D, K)``
+blocks, as :class:`~mdnkit.PerDimensionMixture` takes them.
+
 and each raw scale :math:`a` becomes a positive :math:`\sigma` through a transform with a floor
 :math:`\sigma_{min}`:
 
@@ -50,7 +56,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from . import checks
-from .options import CovarianceType, ScaleTransform
+from .options import CovarianceType, MixtureType, ScaleTransform
 
 __all__ = ["HeadLayout", "ScaleMap", "TRANSFORMS", "DEFAULT_MIN_SCALE"]
 
@@ -147,10 +153,20 @@ class HeadLayout:
         out_features: D.
         covariance: ``"diagonal"``, ``"spherical"`` or ``"full"``.
         scale_transform, min_scale: the :class:`ScaleMap` of the scales.
+        mixture: ``"joint"`` (one K-component mixture over the D values) or ``"per_dimension"``
+            (D independent 1-D mixtures; needs ``covariance="diagonal"``).
 
     The attributes :attr:`loc`, :attr:`scale` and :attr:`logits` are the slices of the three
     blocks (over the last dimension of row-major parameters, or the first of component-major
     ones).
+
+    Example:
+        >>> lay = HeadLayout(3, 2, mixture="per_dimension")
+        >>> lay.num_params, lay.logits
+        (18, slice(12, 18, None))
+        >>> logits, loc, scale, tril = lay.decode(torch.zeros(4, 18))
+        >>> tuple(logits.shape), tuple(loc.shape), tuple(scale.shape)   # (..., D, K)
+        ((4, 2, 3), (4, 2, 3), (4, 2, 3))
     """
 
     num_components: int
@@ -158,12 +174,19 @@ class HeadLayout:
     covariance: CovarianceType = "diagonal"
     scale_transform: ScaleTransform = "softplus"
     min_scale: float = DEFAULT_MIN_SCALE
+    mixture: MixtureType = "joint"
     scale_map: ScaleMap = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         checks.positive_int("num_components", self.num_components)
         checks.positive_int("out_features", self.out_features)
         checks.choice("covariance", self.covariance, CovarianceType)
+        checks.choice("mixture", self.mixture, MixtureType)
+        if self.mixture == "per_dimension" and self.covariance != "diagonal":
+            raise ValueError(
+                "mixture='per_dimension' (one 1-D mixture per dimension) needs "
+                f"covariance='diagonal', found covariance={self.covariance!r}"
+            )
         object.__setattr__(self, "num_components", int(self.num_components))
         object.__setattr__(self, "out_features", int(self.out_features))
         object.__setattr__(self, "min_scale", float(self.min_scale))
@@ -172,7 +195,8 @@ class HeadLayout:
     # ---------------------------------------- sizes and slices (computed once: the layout is frozen)
     @cached_property
     def scale_width(self) -> int:
-        """Raw scale entries per component: D, 1 or D(D+1)/2."""
+        """Raw scale entries per component: D, 1 or D(D+1)/2 (D per dimension: the scale block
+        is K·D either way)."""
         d = self.out_features
         return {"diagonal": d, "spherical": 1, "full": d * (d + 1) // 2}[self.covariance]
 
@@ -187,9 +211,19 @@ class HeadLayout:
         return self.num_components * self.scale_width
 
     @cached_property
+    def per_dimension(self) -> bool:
+        """True for ``mixture="per_dimension"``: blocks of shape ``(..., D, K)``."""
+        return self.mixture == "per_dimension"
+
+    @cached_property
+    def n_logits(self) -> int:
+        """Size of the logits block: K (joint) or D·K (per dimension)."""
+        return self.num_components * (self.out_features if self.per_dimension else 1)
+
+    @cached_property
     def num_params(self) -> int:
-        """Length of the flat parameter vector: K·D + (scale block) + K."""
-        return self.n_loc + self.n_scale + self.num_components
+        """Length of the flat parameter vector: K·D + (scale block) + K (3·K·D per dimension)."""
+        return self.n_loc + self.n_scale + self.n_logits
 
     @cached_property
     def loc(self) -> slice:
@@ -206,16 +240,25 @@ class HeadLayout:
     # ------------------------------------------------------------------ decoding
     def split(self, params: Any) -> tuple[Any, Any, Any]:
         """Row-major ``params`` ``(..., num_params)`` (tensor or array) → views ``loc``
-        ``(..., K, D)``, raw scales ``(..., K, scale_width)`` and logits ``(..., K)``."""
+        ``(..., K, D)``, raw scales ``(..., K, scale_width)`` and logits ``(..., K)``; per
+        dimension, all three ``(..., D, K)``."""
         k, lead = self.num_components, tuple(params.shape[:-1])
+        if self.per_dimension:
+            dk = (*lead, self.out_features, k)
+            return (
+                params[..., self.loc].reshape(dk),
+                params[..., self.scale].reshape(dk),
+                params[..., self.logits].reshape(dk),
+            )
         loc = params[..., self.loc].reshape(*lead, k, self.out_features)
         raw = params[..., self.scale].reshape(*lead, k, self.scale_width)
         return loc, raw, params[..., self.logits]
 
     def decode(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """``(logits, loc, scale, scale_tril)`` of the mixture, as
-        :class:`~mdnkit.GaussianMixture` takes them (one of the last two is None).  Made of
-        operations ONNX can export."""
+        :class:`~mdnkit.GaussianMixture` takes them (one of the last two is None), or
+        ``(logits, loc, scale, None)`` of shape ``(..., D, K)`` as
+        :class:`~mdnkit.PerDimensionMixture` takes them.  Made of operations ONNX can export."""
         loc, raw, logits = self.split(params)
         if self.covariance != "full":
             return logits, loc, self.scale_map.forward(raw), None
@@ -240,7 +283,7 @@ class HeadLayout:
     def decode_numpy(
         self, params: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """:meth:`decode` in NumPy, the logits normalised (log-weights)."""
+        """:meth:`decode` in NumPy, the logits normalised (log-weights over the K components)."""
         loc, raw, logits = self.split(params)
         logits = logits - logits.max(-1, keepdims=True)
         logits = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -8,12 +8,13 @@ from torch import Tensor
 from . import checks
 from .mixture import GaussianMixture
 from .options import Reduction
+from .per_dimension import PerDimensionMixture
 
 __all__ = ["mdn_loss"]
 
 
 def mdn_loss(
-    mixture: GaussianMixture,
+    mixture: GaussianMixture | PerDimensionMixture,
     y: Tensor,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
@@ -38,8 +39,11 @@ def mdn_loss(
         >>> mdn_loss(head(x), y, weight=mask).shape
         torch.Size([])
     """
-    if not isinstance(mixture, GaussianMixture):
-        raise TypeError(f"mixture must be a GaussianMixture, found {type(mixture).__name__}")
+    if not isinstance(mixture, (GaussianMixture, PerDimensionMixture)):
+        raise TypeError(
+            "mixture must be a GaussianMixture or a PerDimensionMixture, "
+            f"found {type(mixture).__name__}"
+        )
     checks.choice("reduction", reduction, Reduction)
     if not isinstance(y, Tensor):
         y = torch.as_tensor(y)

@@ -288,7 +288,8 @@ class MDN(nn.Module):
         x, z = self.standardize(x, y)
         head = self.head
         params = head.params(self.body(x))
-        if weight is None and head.covariance != "full" and z.shape[:-1] == params.shape[:-1]:
+        joint_diagonal = head.covariance != "full" and not head.layout.per_dimension
+        if weight is None and joint_diagonal and z.shape[:-1] == params.shape[:-1]:
             if params.dtype in (torch.float16, torch.bfloat16):
                 params = params.float()
             nll = FlatDiagonalNLL.apply(params, z.to(params.dtype), head)
@@ -299,7 +300,7 @@ class MDN(nn.Module):
     def fast_step(self, *data: Tensor) -> MLPFastStep | None:
         """The autograd-free training step :func:`mdnkit.fit` uses (:mod:`mdnkit.fast`) for
         in-memory rows ``data = (x (N, in), y)`` when its formulas hold: no dropout, diagonal or
-        spherical components, every parameter trainable, on one device in float32 or float64,
+        spherical components of a joint mixture, every parameter trainable, on one device in float32 or float64,
         no parameter shared between layers; else None."""
         if len(data) != 2 or data[0].dim() != 2:
             return None
@@ -310,6 +311,7 @@ class MDN(nn.Module):
             self.dropout == 0.0
             and all(type(m) in FAST_ACTIVATIONS for m in self.body if not isinstance(m, nn.Linear))
             and self.head.covariance != "full"
+            and not self.head.layout.per_dimension  # the fast kernels know joint mixtures only
             and all(p.requires_grad for p in params)
             and {id(p) for p in params} == owned
             and len(owned) == 2 * len(linears)  # no parameter shared between layers

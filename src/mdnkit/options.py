@@ -17,6 +17,7 @@ from typing import Literal
 
 __all__ = [
     "CovarianceType",
+    "MixtureType",
     "ScaleTransform",
     "Activation",
     "Optimizer",
@@ -31,6 +32,10 @@ __all__ = [
 
 #: Covariance of each mixture component: ``diag(σ²)``, ``σ² I`` or ``L Lᵀ``.
 CovarianceType = Literal["diagonal", "spherical", "full"]
+#: How a head's mixture covers the D target values: one K-component mixture over the whole vector
+#: (``"joint"``), or an independent K-component 1-D mixture per value (``"per_dimension"``, the
+#: World Models MDN-RNN's).
+MixtureType = Literal["joint", "per_dimension"]
 #: The positive map from a raw network output to a component scale (see :mod:`mdnkit.layout`).
 ScaleTransform = Literal["softplus", "exp", "elu"]
 #: Hidden-layer activation of :class:`~mdnkit.MDN`.

@@ -424,6 +424,31 @@ class PerDimensionMixture(Distribution):
         return PerDimensionMixture(logits, loc, scale, validate_args=False)
 
     # ------------------------------------------------------------------ other views
+    def affine(self, shift: Tensor, scale: Tensor) -> PerDimensionMixture:
+        r"""The distribution of :math:`y = \text{shift} + \text{scale} \odot z` for :math:`z`
+        from this one: :math:`\mu_{dk} \mapsto \text{shift}_d + s_d\,\mu_{dk}`,
+        :math:`\sigma_{dk} \mapsto s_d\,\sigma_{dk}`, the weights unchanged.
+
+        ``shift`` and ``scale`` (positive) are per dimension, shape ``(D,)`` (or one entry for
+        all); used to bring a mixture over standardised values into the data's units, as
+        :meth:`GaussianMixture.affine` does.
+
+        Example:
+            >>> m = PerDimensionMixture(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
+            >>> a = m.affine(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 3.0]))
+            >>> a.loc[:, 0], a.scale[:, 0]
+            (tensor([ 1., -1.]), tensor([2., 3.]))
+        """
+        shift = torch.as_tensor(shift, dtype=self.loc.dtype, device=self.loc.device)
+        scale = torch.as_tensor(scale, dtype=self.loc.dtype, device=self.loc.device)
+        col_shift, col_scale = shift.reshape(-1, 1), scale.reshape(-1, 1)
+        return PerDimensionMixture(
+            self._raw_logits,
+            self.loc * col_scale + col_shift,
+            self.scale * col_scale,
+            validate_args=False,
+        )
+
     def marginal(self, dims: int | Sequence[int]) -> PerDimensionMixture:
         r"""The marginal over the output dimensions ``dims``: the selected dimensions' mixtures
         (exact, since the dimensions are independent); event shape ``(len(dims),)``."""

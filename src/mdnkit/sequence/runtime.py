@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from torch import Tensor
 from .. import checks
 from .model import MDNRNN
 
-__all__ = ["Sampling", "GeneratorBase", "StepGenerator"]
+__all__ = ["Sampling", "GeneratorBase", "StepGenerator", "StepParams"]
 
 _SOURCES = "None, an int seed, a numpy.random.Generator or a torch.Generator"
 
@@ -116,11 +116,44 @@ def _py_categorical(logits: list[float], t: float, rng: np.random.Generator) -> 
     return len(w) - 1
 
 
-class _Sampler:
-    """NumPy sampling of the next event from one step's mixture parameters (data units)."""
+class StepParams(NamedTuple):
+    """One step's output, per stream, in data units: the next event's distribution parameters.
 
-    def __init__(self, event_dim: int, pen_states: int, sampling: Sampling) -> None:
+    ``logits`` (normalised) ``(B, K)``, ``loc`` ``(B, K, D)``, ``scale`` ``(B, K, D)`` or
+    ``scale_tril`` ``(B, K, D, D)`` for a joint mixture; ``logits``, ``loc``, ``scale`` ``(B, D,
+    K)`` for a per-dimension one; ``pen_logits`` ``(B, P)``, ``done_logits`` ``(B,)``,
+    ``reward_loc`` and ``reward_scale`` ``(B,)``, each None when the model has no such part.
+    """
+
+    logits: np.ndarray
+    loc: np.ndarray
+    scale: np.ndarray | None
+    scale_tril: np.ndarray | None
+    pen_logits: np.ndarray | None = None
+    done_logits: np.ndarray | None = None
+    reward_loc: np.ndarray | None = None
+    reward_scale: np.ndarray | None = None
+
+
+class _Sampler:
+    """NumPy sampling of the next event from one step's parameters (data units).
+
+    Draws, in this order: the component(s) and the Gaussian noise of the continuous part, the
+    pen state, the reward's noise, the done flag (the same order in every runtime)."""
+
+    def __init__(
+        self,
+        event_dim: int,
+        pen_states: int,
+        sampling: Sampling,
+        *,
+        reward: bool = False,
+        done: bool = False,
+        per_dimension: bool = False,
+    ) -> None:
         self.event_dim, self.pen_states, self.batch = event_dim, pen_states, sampling.batch
+        self.reward, self.done, self.per_dimension = reward, done, per_dimension
+        self.columns = event_dim + (1 if pen_states else 0) + int(reward) + int(done)
         # plain floats, read on every step
         self.temperature = sampling.temperature
         self.sigma_temperature = sampling.sigma_temperature
@@ -141,18 +174,38 @@ class _Sampler:
         idx = (cdf < (u * cdf[:, -1])[:, None]).sum(-1)
         return np.minimum(idx, logits.shape[-1] - 1)
 
-    def sample(
-        self,
-        logits: np.ndarray,
-        loc: np.ndarray,
-        scale: np.ndarray | None,
-        scale_tril: np.ndarray | None,
-        pen_logits: np.ndarray | None,
-    ) -> np.ndarray:
-        """Events ``(B, columns)`` from normalised ``logits`` ``(B, K)``, ``loc`` ``(B, K, D)``,
-        ``scale`` ``(B, K, D)`` or ``scale_tril`` ``(B, K, D, D)``, ``pen_logits`` ``(B, P)``."""
+    def _discrete(self, logits: np.ndarray, t: float) -> Any:
         if self.batch == 1:
-            return self._sample_one(logits[0], loc[0], scale, scale_tril, pen_logits)
+            return _py_categorical(logits[0].tolist(), t, self.rng)
+        return self.categorical(logits, t)
+
+    def sample(self, p: StepParams) -> np.ndarray:
+        """Events ``(B, columns)`` from one step's :class:`StepParams`."""
+        if self.per_dimension:
+            y = self._per_dimension(p.logits, p.loc, p.scale)
+        elif self.batch == 1:
+            y = self._joint_one(p.logits[0], p.loc[0], p.scale, p.scale_tril)
+        else:
+            y = self._joint(p.logits, p.loc, p.scale, p.scale_tril)
+        out = np.empty((self.batch, self.columns), np.float32)
+        col = self.event_dim
+        out[:, :col] = y
+        if self.pen_states:
+            out[:, col] = self._discrete(p.pen_logits, self.pen_temperature)
+            col += 1
+        if self.reward:
+            r = p.reward_loc
+            if self.sigma_temperature != 0.0:
+                eps = self.rng.standard_normal(self.batch, dtype=np.float32)
+                r = r + p.reward_scale * eps * np.float32(self.root_sigma)
+            out[:, col] = r
+            col += 1
+        if self.done:  # Bernoulli(sigmoid(logit / T_pen)): a two-way categorical over [0, logit]
+            two = np.stack([np.zeros_like(p.done_logits), p.done_logits], -1)
+            out[:, col] = self._discrete(two, self.pen_temperature)
+        return out
+
+    def _joint(self, logits, loc, scale, scale_tril) -> np.ndarray:
         rows = self.rows
         k = self.categorical(logits, self.temperature)
         y = loc[rows, k]
@@ -163,69 +216,148 @@ class _Sampler:
             else:
                 noise = scale[rows, k] * eps
             y = y + noise * self.root_sigma if self.root_sigma != 1.0 else y + noise
-        if pen_logits is None:
-            return y.astype(np.float32, copy=False)
-        s = self.categorical(pen_logits, self.pen_temperature)
-        out = np.empty((y.shape[0], self.event_dim + 1), dtype=np.float32)
-        out[:, : self.event_dim] = y
-        out[:, self.event_dim] = s
-        return out
+        return y
 
-    def _sample_one(self, logits, loc, scale, scale_tril, pen_logits) -> np.ndarray:
-        """:meth:`sample` for one stream, with scalar Python where NumPy's call overhead
+    def _joint_one(self, logits, loc, scale, scale_tril) -> np.ndarray:
+        """:meth:`_joint` for one stream, with scalar Python where NumPy's call overhead
         dominates; the same draws in the same order."""
         k = _py_categorical(logits.tolist(), self.temperature, self.rng)
-        d = self.event_dim
-        out = np.empty((1, d + (1 if pen_logits is not None else 0)), np.float32)
+        if self.sigma_temperature == 0.0:
+            return loc[k]
+        eps = self.rng.standard_normal(self.event_dim, dtype=np.float32)
+        noise = scale_tril[0, k] @ eps if scale_tril is not None else scale[0, k] * eps
+        if self.root_sigma != 1.0:
+            noise *= self.root_sigma
+        return loc[k] + noise
+
+    def _per_dimension(self, logits, loc, scale) -> np.ndarray:
+        """Each dimension draws its own component: ``(B, D, K)`` parameters → ``(B, D)``."""
+        b, d, k = logits.shape
+        idx = self.categorical(logits.reshape(b * d, k), self.temperature).reshape(b, d, 1)
+        y = np.take_along_axis(loc, idx, -1)[..., 0]
         if self.sigma_temperature != 0.0:
-            eps = self.rng.standard_normal(d, dtype=np.float32)
-            if scale_tril is not None:
-                noise = scale_tril[0, k] @ eps
-            else:
-                noise = scale[0, k] * eps
-            if self.root_sigma != 1.0:
-                noise *= self.root_sigma
-            out[0, :d] = loc[k] + noise
-        else:
-            out[0, :d] = loc[k]
-        if pen_logits is not None:
-            out[0, d] = _py_categorical(pen_logits[0].tolist(), self.pen_temperature, self.rng)
-        return out
+            eps = self.rng.standard_normal((b, d), dtype=np.float32)
+            sig = np.take_along_axis(scale, idx, -1)[..., 0]
+            y = y + sig * eps * np.float32(self.root_sigma)
+        return y
 
 
 # ---------------------------------------------------------------------------------------- generators
 class GeneratorBase:
     """``step`` / ``predict`` / ``reset`` / ``generate`` over one runtime's ``_advance``.
 
-    A runtime subclass sets up its state, calls ``GeneratorBase.__init__`` with the event layout
-    and its :class:`Sampling`, and implements ``reset()`` and ``_advance(event or None)``, which
-    reads one event per stream and returns the next event's mixture parameters in data units,
-    ``(logits, loc, scale, scale_tril, pen_logits)``.
+    A runtime subclass sets up its state, calls ``GeneratorBase.__init__`` with the event layout,
+    its :class:`Sampling` and the model's conditioning sizes, sets ``self.context`` (from
+    :meth:`_as_context`), and implements ``_reset_state()`` and ``_advance(event or None,
+    inputs or None)``, which reads one event per stream (None: the start token, which begins a
+    fresh sequence) with the step's inputs and returns the next event's :class:`StepParams`.
     """
 
-    def __init__(self, event_dim: int, pen_states: int, sampling: Sampling) -> None:
+    def __init__(
+        self,
+        event_dim: int,
+        pen_states: int,
+        sampling: Sampling,
+        *,
+        input_dim: int = 0,
+        context_dim: int = 0,
+        reward: bool = False,
+        done: bool = False,
+        per_dimension: bool = False,
+    ) -> None:
         self.event_dim, self.pen_states = int(event_dim), int(pen_states)
+        self.input_dim, self.context_dim = int(input_dim), int(context_dim)
+        self.reward, self.done = bool(reward), bool(done)
         #: the sampling settings (temperatures, batch, random source)
         self.sampling = sampling
-        self.sampler = _Sampler(self.event_dim, self.pen_states, sampling)
+        self.sampler = _Sampler(
+            self.event_dim,
+            self.pen_states,
+            sampling,
+            reward=self.reward,
+            done=self.done,
+            per_dimension=per_dimension,
+        )
         self.batch = sampling.batch
+        #: the streams' context ``(batch, context_dim)`` (None without one)
+        self.context: np.ndarray | None = None
 
     @property
     def columns(self) -> int:
-        """Columns of an event row: ``event_dim`` (+ 1 for the pen-state index)."""
-        return self.event_dim + (1 if self.pen_states else 0)
+        """Columns of an event row: ``event_dim`` (+ pen-state index, reward, done flag)."""
+        return self.sampler.columns
 
-    def _advance(self, event: np.ndarray | None):  # pragma: no cover - abstract
+    def _advance(self, event: np.ndarray | None, inputs: np.ndarray | None) -> StepParams:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _reset_state(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def reset(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def reset(self, context: Any = None) -> None:
+        """Forget the past: every stream starts a fresh sequence; ``context`` ``(context_dim,)``
+        or ``(batch, context_dim)`` replaces the streams' context (None: keep it)."""
+        if context is not None:
+            self.context = self._as_context(context)
+        self._reset_state()
 
-    def _next(self, event: np.ndarray | None) -> np.ndarray:
-        return self.sampler.sample(*self._advance(event))
+    def _next(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
+        return self.sampler.sample(self._advance(event, inputs))
 
-    def _read(self, event: np.ndarray | None) -> None:
-        self._advance(event)
+    def _read(self, event: np.ndarray | None, inputs: np.ndarray | None) -> None:
+        self._advance(event, inputs)
+
+    def _as_array(self, v: Any) -> np.ndarray:
+        a = v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def _as_context(self, context: Any) -> np.ndarray | None:
+        """The context as ``(batch, context_dim)`` float32 (a ``(context_dim,)`` one is shared)."""
+        c, b = self.context_dim, self.batch
+        if c == 0:
+            if context is not None:
+                raise ValueError(
+                    "expected no context (the model has context_dim=0), found a context of "
+                    f"shape {tuple(np.shape(context))}"
+                )
+            return None
+        if context is None:
+            raise ValueError(
+                f"expected a context of shape ({c},) or ({b}, {c}) (context_dim={c}), found None"
+            )
+        a = self._as_array(context)
+        if a.shape == (c,):
+            a = np.broadcast_to(a, (b, c))
+        if a.shape != (b, c):
+            raise ValueError(
+                f"expected a context of shape ({c},) or ({b}, {c}) for {b} stream(s), "
+                f"found {a.shape}"
+            )
+        return np.ascontiguousarray(a)
+
+    def _as_inputs(self, inputs: Any) -> np.ndarray | None:
+        """One step's inputs as ``(batch, input_dim)`` float32."""
+        i, b = self.input_dim, self.batch
+        if i == 0:
+            if inputs is not None:
+                raise ValueError(
+                    "expected no per-step inputs (the model has input_dim=0), found inputs of "
+                    f"shape {tuple(np.shape(inputs))}"
+                )
+            return None
+        if inputs is None:
+            raise ValueError(
+                f"expected per-step inputs of shape ({b}, {i}) (input_dim={i}), found None"
+            )
+        a = self._as_array(inputs)
+        if a.ndim == 1 and b == 1:
+            a = a[None, :]
+        if a.shape != (b, i):
+            one = f"({i},) or " if b == 1 else ""
+            raise ValueError(
+                f"expected per-step inputs of shape {one}({b}, {i}) for {b} stream(s), "
+                f"found {tuple(np.shape(inputs))}"
+            )
+        return a
 
     def _as_event(self, event: Any) -> tuple[np.ndarray, str, bool]:
         kind = "tensor" if isinstance(event, Tensor) else "numpy"
@@ -242,27 +374,33 @@ class GeneratorBase:
             )
         return np.ascontiguousarray(a, dtype=np.float32), kind, single
 
-    def predict(self, event: Any = None) -> dict[str, np.ndarray | None]:
-        """Read one event per stream (``None``: the start token) and return the parameters of the
-        next event's distribution in data units: ``logits`` (normalised, ``(B, K)``), ``loc``
-        ``(B, K, D)``, ``scale`` ``(B, K, D)`` or ``scale_tril`` ``(B, K, D, D)``, ``pen_logits``
-        ``(B, P)`` or None.  Advances the state."""
+    def predict(self, event: Any = None, inputs: Any = None) -> dict[str, np.ndarray | None]:
+        """Read one event per stream (``None``: the start token) with the step's ``inputs``
+        (what is known about the event being predicted) and return the parameters of the next
+        event's distribution in data units, the fields of :class:`StepParams`: ``logits``
+        (normalised, ``(B, K)``), ``loc`` ``(B, K, D)``, ``scale`` ``(B, K, D)`` or
+        ``scale_tril`` ``(B, K, D, D)`` (per dimension: ``(B, D, K)`` each), ``pen_logits``
+        ``(B, P)``, ``done_logits``, ``reward_loc``, ``reward_scale`` ``(B,)`` or None.
+        Advances the state."""
         e = None if event is None else self._as_event(event)[0]
-        return dict(zip(("logits", "loc", "scale", "scale_tril", "pen_logits"), self._advance(e)))
+        return self._advance(e, self._as_inputs(inputs))._asdict()
 
-    def step(self, event: Any = None) -> Any:
+    def step(self, event: Any = None, inputs: Any = None) -> Any:
         """Read the previous event and return a sample of the next one.
 
         ``event`` is ``(columns,)`` (one stream) or ``(batch, columns)``, a NumPy array or a
         tensor; the result has the same shape and type.  ``None`` reads the start token: use it
         for the first step of a fresh sequence (after :meth:`reset`); it returns ``(batch,
-        columns)`` NumPy events (``(columns,)`` when ``batch == 1``).
+        columns)`` NumPy events (``(columns,)`` when ``batch == 1``).  ``inputs``
+        ``(input_dim,)`` or ``(batch, input_dim)``: what the model is told about the event it
+        predicts (a world model: the action just taken), required when ``input_dim > 0``.
         """
+        ins = None if inputs is None and self.input_dim == 0 else self._as_inputs(inputs)
         if event is None:
-            out = self._next(None)
+            out = self._next(None, ins)
             return out[0] if self.batch == 1 else out
         e, kind, single = self._as_event(event)
-        out = self._next(e)
+        out = self._next(e, ins)
         if single:
             out = out[0]
         return torch.from_numpy(out) if kind == "tensor" else out
@@ -278,25 +416,49 @@ class GeneratorBase:
             )
         return np.ascontiguousarray(p, dtype=np.float32)
 
-    def generate(self, steps: int, prime: Any = None) -> np.ndarray:
+    def _as_input_sequence(self, inputs: Any, n: int) -> np.ndarray | None:
+        """``generate``'s inputs as ``(batch, n, input_dim)``: one row per event, prime included."""
+        i, b = self.input_dim, self.batch
+        if i == 0 or inputs is None:
+            self._as_inputs(inputs)  # the right error when one is missing or unexpected
+            return None
+        a = self._as_array(inputs)
+        if a.shape == (n, i):
+            a = np.broadcast_to(a, (b, n, i))
+        if a.shape != (b, n, i):
+            raise ValueError(
+                f"expected inputs of shape ({n}, {i}) or ({b}, {n}, {i}) (one row per event, "
+                f"prime + steps = {n}), found {a.shape}"
+            )
+        return a
+
+    def generate(self, steps: int, prime: Any = None, inputs: Any = None) -> np.ndarray:
         """Reset, read the start token and ``prime`` (``(P, columns)`` or ``(batch, P,
-        columns)``), then sample ``steps`` events: a float32 array ``(batch, steps, columns)``."""
+        columns)``), then sample ``steps`` events: a float32 array ``(batch, steps, columns)``.
+        ``inputs`` ``(P + steps, input_dim)`` or ``(batch, P + steps, input_dim)``: row ``j``
+        conditions event ``j`` of the sequence prime + new events."""
         steps = checks.nonnegative_int("steps", steps)
+        p = None if prime is None else self._as_prime(prime)
+        n_prime = 0 if p is None else p.shape[1]
+        cond = self._as_input_sequence(inputs, n_prime + steps)
+
+        def at(j: int) -> np.ndarray | None:
+            return None if cond is None else np.ascontiguousarray(cond[:, j])
+
         self.reset()
         out = np.empty((self.batch, steps, self.columns), dtype=np.float32)
         if steps == 0:
             return out
-        if prime is None:
-            e = self._next(None)
+        if p is None:
+            e = self._next(None, at(0))
         else:
-            p = self._as_prime(prime)
-            self._read(None)
-            for i in range(p.shape[1] - 1):
-                self._read(p[:, i])
-            e = self._next(p[:, -1])
+            self._read(None, at(0))
+            for i in range(n_prime - 1):
+                self._read(p[:, i], at(i + 1))
+            e = self._next(p[:, -1], at(n_prime))
         out[:, 0] = e
         for i in range(1, steps):
-            e = self._next(e)
+            e = self._next(e, at(n_prime + i))
             out[:, i] = e
         return out
 
@@ -331,16 +493,32 @@ def _fold_rnn(model: MDNRNN, shift: np.ndarray, scale: np.ndarray) -> list[tuple
     return layers
 
 
+def _linear(layer: Any) -> np.ndarray:
+    """An ``nn.Linear`` as one matrix for ``[x, 1]``."""
+    return np.concatenate([_npy(layer.weight).T, _npy(layer.bias)[None]])
+
+
 def _fold_head(model: MDNRNN, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The head (and the pen logits) as one matrix for ``[h, 1]``, the means in data units."""
+    """The head, then the pen logits, the done logit and the reward's (mean, raw scale), as one
+    matrix for ``[h, 1]``; the means (and the reward's mean) in data units."""
     layout = model.head.layout
-    w = np.concatenate([_npy(model.head.proj.weight).T, _npy(model.head.proj.bias)[None]])
-    w[:, layout.loc] *= np.tile(scale, layout.num_components)
-    w[-1, layout.loc] += np.tile(shift, layout.num_components)
-    if model.pen is not None:
-        w_pen = np.concatenate([_npy(model.pen.weight).T, _npy(model.pen.bias)[None]])
-        w = np.concatenate([w, w_pen], 1)
-    return np.ascontiguousarray(w, np.float32)
+    w = _linear(model.head.proj)
+    k = layout.num_components
+    # the means block is component-major (K, D), or dimension-major (D, K) per dimension
+    col_scale = np.repeat(scale, k) if layout.per_dimension else np.tile(scale, k)
+    col_shift = np.repeat(shift, k) if layout.per_dimension else np.tile(shift, k)
+    w[:, layout.loc] *= col_scale
+    w[-1, layout.loc] += col_shift
+    parts = [w]
+    for extra in (model.pen, model.done_head):
+        if extra is not None:
+            parts.append(_linear(extra))
+    if model.reward_head is not None:
+        wr = _linear(model.reward_head)
+        wr[:, 0] *= _npy(model.reward_scale)[0]
+        wr[-1, 0] += _npy(model.reward_shift)[0]
+        parts.append(wr)
+    return np.ascontiguousarray(np.concatenate(parts, 1), np.float32)
 
 
 def _per_component(block: slice, width: int, k: int) -> list[slice]:
@@ -356,8 +534,9 @@ class StepGenerator(GeneratorBase):
     :math:`h' = \sigma(o) \tanh(c')` (a GRU: PyTorch's ``nn.GRU`` equations); the head maps the
     top :math:`h'` to the mixture (decoded by the head's :class:`~mdnkit.layout.HeadLayout`),
     and one component and one point are drawn (:math:`k \sim \operatorname{softmax}(\log\pi /
-    T)`, :math:`y = \mu_k + \sqrt{S}\,L_k \varepsilon`).  No PyTorch call is made per step.
-    The keyword arguments are those of :class:`Sampling`.
+    T)`, :math:`y = \mu_k + \sqrt{S}\,L_k \varepsilon`; per dimension, one component per
+    value).  No PyTorch call is made per step.  The keyword arguments are those of
+    :class:`Sampling`, plus the streams' ``context`` for a model with ``context_dim > 0``.
 
     Example:
         >>> from mdnkit.sequence import MDNRNN
@@ -366,6 +545,12 @@ class StepGenerator(GeneratorBase):
         >>> e = g.step()                    # (4, 2): the first events of 4 independent streams
         >>> e = g.step(e)
         >>> g.reset()                       # start again
+        >>> world = MDNRNN(3, hidden_size=16, num_layers=1, input_dim=1, context_dim=2)
+        >>> g = world.generator(context=[1.0, 0.0], generator=0)
+        >>> e = g.step(None, inputs=[0.5])  # the first event, told its input
+        >>> e = g.step(e, inputs=[-0.5])    # the next event, told its own input
+        >>> e.shape
+        (3,)
     """
 
     def __init__(
@@ -376,6 +561,7 @@ class StepGenerator(GeneratorBase):
         sigma_temperature: float = 1.0,
         pen_temperature: float = 1.0,
         generator: Any = None,
+        context: Any = None,
     ) -> None:
         sampling = Sampling(
             temperature=temperature,
@@ -384,11 +570,11 @@ class StepGenerator(GeneratorBase):
             batch=batch,
             generator=generator,
         )
-        self._setup(model, sampling)
+        self._setup(model, sampling, context)
 
     @classmethod
-    def from_sampling(cls, model: MDNRNN, sampling: Sampling) -> StepGenerator:
-        """A generator for ``model`` with ready-made settings.
+    def from_sampling(cls, model: MDNRNN, sampling: Sampling, context: Any = None) -> StepGenerator:
+        """A generator for ``model`` with ready-made settings (and the streams' ``context``).
 
         Example:
             >>> from mdnkit.sequence import MDNRNN
@@ -397,40 +583,61 @@ class StepGenerator(GeneratorBase):
             (2, 3)
         """
         self = cls.__new__(cls)
-        self._setup(model, sampling)
+        self._setup(model, sampling, context)
         return self
 
-    def _setup(self, model: MDNRNN, sampling: Sampling) -> None:
+    def _setup(self, model: MDNRNN, sampling: Sampling, context: Any) -> None:
         if not isinstance(model, MDNRNN):
             raise TypeError(f"model must be an MDNRNN, found {type(model).__name__}")
         if not isinstance(sampling, Sampling):
             raise TypeError(f"sampling must be a Sampling, found {type(sampling).__name__}")
-        super().__init__(model.event_dim, model.pen_states, sampling)
         #: the head's parameter layout and scale transform (shared with the model, immutable)
         self.layout = layout = model.head.layout
+        super().__init__(
+            model.event_dim,
+            model.pen_states,
+            sampling,
+            input_dim=model.input_dim,
+            context_dim=model.context_dim,
+            reward=model.reward,
+            done=model.done,
+            per_dimension=layout.per_dimension,
+        )
+        self.context = self._as_context(context)
         self.cell, self.num_layers, self.hidden = model.cell, model.num_layers, model.hidden_size
         self._shift, self._scale = _npy(model.shift), _npy(model.scale)
         self._in0 = model.input_size
+        first = model.event_dim + model.pen_states + 1  # inputs, then the context, follow
+        self._inp = slice(first, first + model.input_dim)
+        self._ctx = slice(first + model.input_dim, model.input_size)
         self._layers = _fold_rnn(model, self._shift, self._scale)
         self._w_head = _fold_head(model, self._shift, self._scale)
+        self._w_init = _linear(model.state_init) if model.state_init is not None else None
+        self._r_scale = _npy(model.reward_scale) if model.reward else None
         gate = np.arange(4 * self.hidden) // self.hidden == 2
         self._mul = np.where(gate, 1.0, 0.5).astype(np.float32)
         self._add = np.where(gate, 0.0, 0.5).astype(np.float32)
-        # Read on every step: where the pen logits and each component's entries sit.
-        k = layout.num_components
-        self._pen = slice(layout.num_params, None)  # the pen logits follow the head's
+        # Read on every step: where the extra logits and each component's entries sit.
+        k, n = layout.num_components, layout.num_params
+        self._pen = slice(n, n + self.pen_states)  # the pen logits follow the head's
+        self._done_at = n + self.pen_states  # then the done logit, then the reward's two
+        self._reward_at = self._done_at + int(self.done)
         self._logits = layout.logits
         self._loc_of = _per_component(layout.loc, layout.out_features, k)
         self._scale_of = _per_component(layout.scale, layout.scale_width, k)
         self._to_scale = layout.scale_map.numpy
-        # One stream, diagonal/spherical components: sample from the raw head output,
-        # transforming only the chosen component's scales.
-        self._fast = self.batch == 1 and layout.covariance != "full"
+        # One stream, a joint mixture of diagonal/spherical components, no extra heads: sample
+        # from the raw head output, transforming only the chosen component's scales.
+        self._fast = (
+            self.batch == 1
+            and layout.covariance != "full"
+            and not layout.per_dimension
+            and not (self.done or self.reward)
+        )
         self._noise_scale = (self._scale * np.float32(sampling.root_sigma)).astype(np.float32)
-        self.reset()
+        self._reset_state()
 
-    def reset(self) -> None:
-        """Forget the past: every stream starts a fresh sequence."""
+    def _reset_state(self) -> None:
         b, h = self.batch, self.hidden
         # The state lives in the input buffers: layer l reads [x_l, h_l, 1] from _buf[l].
         self._sizes = [self._in0] + [h] * (self.num_layers - 1)
@@ -440,6 +647,21 @@ class StepGenerator(GeneratorBase):
         self._c = [np.zeros((b, h), np.float32) for _ in range(self.num_layers)]
         self._gates = np.zeros((b, 4 * h), np.float32)
         self._tmp = np.zeros((b, h), np.float32)
+        if self.context is not None:
+            self._buf[0][:, self._ctx] = self.context  # constant for the whole sequence
+        self._initial = None
+        if self._w_init is not None:  # tanh(W c + b): per layer h, then c for an LSTM
+            s = np.tanh(self.context @ self._w_init[:-1] + self._w_init[-1])
+            per = 2 if self.cell == "lstm" else 1
+            self._initial = s.reshape(b, self.num_layers, per, h).astype(np.float32)
+            self._load_initial()
+
+    def _load_initial(self) -> None:
+        """Set the state to the context's initial state (the start of a sequence)."""
+        for i, (buf, n) in enumerate(zip(self._buf, self._sizes)):
+            buf[:, n : n + self.hidden] = self._initial[:, i, 0]
+            if self.cell == "lstm":
+                self._c[i][:] = self._initial[:, i, 1]
 
     @property
     def state(self) -> tuple[np.ndarray, ...]:
@@ -448,10 +670,14 @@ class StepGenerator(GeneratorBase):
         h = np.stack([buf[:, n : n + self.hidden] for buf, n in zip(self._buf, self._sizes)])
         return (h, np.stack(self._c)) if self.cell == "lstm" else (h,)
 
-    def _write_input(self, event: np.ndarray | None) -> None:
+    def _write_input(self, event: np.ndarray | None, inputs: np.ndarray | None) -> None:
         x = self._buf[0]
         d, p = self.event_dim, self.pen_states
+        if inputs is not None:
+            x[:, self._inp] = inputs
         if event is None:
+            if self._initial is not None:
+                self._load_initial()  # the start token begins a sequence from the context
             x[:, :d] = self._shift  # standardised to 0 by the folded first layer
             if p:
                 x[:, d : d + p] = 0.0
@@ -501,34 +727,42 @@ class StepGenerator(GeneratorBase):
             if i < last:
                 bufs[i + 1][:, :hd] = h
 
-    def _raw(self, event: np.ndarray | None) -> np.ndarray:
-        """Advance the state by one event; return the raw head output ``(B, num_params [+ P])``
-        (the means already in data units)."""
-        self._write_input(event)
+    def _raw(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
+        """Advance the state by one event; return the raw head output ``(B, num_params [+
+        extra heads])`` (the means already in data units)."""
+        self._write_input(event, inputs)
         if self.cell == "lstm":
             self._lstm()
         else:
             self._gru()
         return self._buf[-1][:, self._sizes[-1] :] @ self._w_head  # [h, 1] @ [W; b]
 
-    def _advance(self, event: np.ndarray | None):
-        return self._decode(self._raw(event))
+    def _advance(self, event: np.ndarray | None, inputs: np.ndarray | None) -> StepParams:
+        return self._decode(self._raw(event, inputs))
 
-    def _read(self, event: np.ndarray | None) -> None:
-        self._raw(event)
+    def _read(self, event: np.ndarray | None, inputs: np.ndarray | None) -> None:
+        self._raw(event, inputs)
 
-    def _decode(self, p: np.ndarray):
+    def _decode(self, p: np.ndarray) -> StepParams:
         logits, loc, scale, tril = self.layout.decode_numpy(p)
-        if tril is None:
-            scale = scale * self._scale  # standardised -> data units
-        else:
+        if tril is not None:
             tril *= self._scale[:, None]
-        pen = p[:, self._pen] if self.pen_states else None
-        return logits, loc, scale, tril, pen
+        elif self.layout.per_dimension:
+            scale = scale * self._scale[:, None]  # (B, D, K), standardised -> data units
+        else:
+            scale = scale * self._scale
+        out = StepParams(logits, loc, scale, tril, p[:, self._pen] if self.pen_states else None)
+        if self.done:
+            out = out._replace(done_logits=p[:, self._done_at])
+        if self.reward:
+            r = self._reward_at
+            sig = self._to_scale(np.ascontiguousarray(p[:, r + 1])) * self._r_scale
+            out = out._replace(reward_loc=p[:, r], reward_scale=sig)
+        return out
 
-    def _sample_fast(self, event: np.ndarray | None) -> np.ndarray:
+    def _sample_fast(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
         """One stream, diagonal/spherical components: the same draws as :meth:`_Sampler.sample`."""
-        p = self._raw(event)[0]
+        p = self._raw(event, inputs)[0]
         smp = self.sampler
         j = _py_categorical(p[self._logits].tolist(), smp.temperature, smp.rng)
         y = p[self._loc_of[j]]
@@ -544,7 +778,7 @@ class StepGenerator(GeneratorBase):
             out[0, -1] = _py_categorical(p[self._pen].tolist(), smp.pen_temperature, smp.rng)
         return out
 
-    def _next(self, event: np.ndarray | None) -> np.ndarray:
+    def _next(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
         if self._fast:
-            return self._sample_fast(event)
-        return self.sampler.sample(*self._advance(event))
+            return self._sample_fast(event, inputs)
+        return self.sampler.sample(self._advance(event, inputs))
