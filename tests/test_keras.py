@@ -320,6 +320,12 @@ def test_loss_rejects_wrong_sizes():
         loss(np.zeros((4, 2)), np.ones((4, 14)))
     with pytest.raises(ValueError, match=r"y_true must hold output_dim=2.*found shape \(4, 3\)"):
         loss(np.zeros((4, 3)), np.ones((4, 15)))
+    # the same errors are AssertionErrors too, what keras-mdn-layer code catches
+    with pytest.raises(AssertionError) as err:
+        loss(np.zeros((4, 2)), np.ones((4, 14)))
+    assert type(err.value) is mdn.MDNShapeError and isinstance(err.value, ValueError)
+    with pytest.raises(mdn.MDNShapeError):
+        loss(np.zeros((4, 3)), np.ones((4, 15)))
 
 
 def test_loss_config_round_trip():
@@ -436,6 +442,27 @@ def test_mse_accuracy_metric_value():
     assert (clone.output_dim, clone.num_mixes, clone.seed) == (2, 1, 0)
 
 
+def test_mse_accuracy_called_returns_one_value_per_sample():
+    # as the classic function: acc(y_true, y_pred) -> (batch,), no running mean kept
+    d, s, n = 2, 0.5, 20_000
+    params = np.tile(np.array([1.0, -1.0, s, s, 0.0]), (n, 1)).astype("float32")
+    y = np.tile(np.array([1.0, -1.0]), (n, 1)).astype("float32")
+    acc = mdn.get_mixture_mse_accuracy(d, 1, seed=0)
+    values = numpy(acc(y, params))
+    assert values.shape == (n,) and values.dtype == np.float32
+    # each value is s^2 chi^2_2 / 2 (exponential with mean s^2): 5 standard errors
+    assert values.mean() == pytest.approx(s**2, abs=5 * s**2 / np.sqrt(n))
+    assert scipy_stats.kstest(values / s**2, scipy_stats.expon.cdf).pvalue > 1e-4
+    assert float(acc.result()) == 0.0
+    assert not np.array_equal(values[:10], numpy(acc(y[:10], params[:10])))  # seed advances
+    # one known value per sample: a point mass (sigma ~ 0) at 0 against targets 0 and 3
+    point = np.array([[0.0, 1e-6, 0.0]] * 2, dtype="float32")
+    got = numpy(mdn.get_mixture_mse_accuracy(1, 1, seed=0)(np.array([[0.0], [3.0]]), point))
+    np.testing.assert_allclose(got, [0.0, 9.0], atol=1e-4)
+    seq = numpy(acc(np.zeros((3, 4, 2)), np.tile(params[:1], (3, 4, 1))))
+    assert seq.shape == (3, 4)
+
+
 # --------------------------------------------------------------------------------------------
 # NumPy sampling
 # --------------------------------------------------------------------------------------------
@@ -450,6 +477,12 @@ def test_split_mixture_params_rows_and_batches():
     assert m2.shape == (2, 6) and s2.shape == (2, 6) and l2.shape == (2, 3)
     with pytest.raises(ValueError, match=r"= 15 .*found shape \(14,\)"):
         mdn.split_mixture_params(np.arange(14.0), 2, 3)
+    with pytest.raises(AssertionError, match="needs to match the mixture configuration"):
+        mdn.split_mixture_params(np.arange(14.0), 2, 3)
+    # slices of the input's own type, as the classic function: lists stay lists
+    assert mdn.split_mixture_params(list(range(9)), 1, 3) == ([0, 1, 2], [3, 4, 5], [6, 7, 8])
+    m3, _, _ = mdn.split_mixture_params([[0.0] * 9] * 2, 1, 3)  # nested lists: an array
+    assert isinstance(m3, np.ndarray) and m3.shape == (2, 3)
 
 
 def test_softmax_matches_scipy_and_handles_zero_temperature():
@@ -465,6 +498,10 @@ def test_softmax_matches_scipy_and_handles_zero_temperature():
     assert np.isfinite(mdn.softmax([1e308, -1e308], t=1e-3)).all()
     with pytest.raises(ValueError, match="t must be >= 0"):
         mdn.softmax([1.0, 2.0], t=-1)
+    # the classic dtype, that of np.array(w) / t: float inputs keep theirs
+    assert mdn.softmax(np.float32([1, 2])).dtype == np.float32
+    assert mdn.softmax(np.float32([1, 2]), t=0).dtype == np.float32
+    assert mdn.softmax([1, 2]).dtype == np.float64
 
 
 def test_sample_from_categorical_frequencies():
@@ -475,6 +512,9 @@ def test_sample_from_categorical_frequencies():
     assert freq[1] == 0.0
     np.testing.assert_allclose(freq, p, atol=5 * np.sqrt(0.25 / 50_000))
     assert isinstance(mdn.sample_from_categorical(p, seed=1), int)
+    # sampling that cannot succeed gives -1, as the classic function
+    assert mdn.sample_from_categorical(np.zeros(3), seed=0) == -1
+    assert mdn.sample_from_categorical(np.array([[np.nan, 1.0], p[:2]]), seed=0).tolist() == [-1, 0]
 
 
 @pytest.mark.parametrize(("d", "k"), [(1, 5), (2, 3)])
@@ -489,6 +529,8 @@ def test_sample_from_output_shapes(d, k):
     assert applied.shape == (9, d) and np.isfinite(applied).all()
     with pytest.raises(ValueError, match=rf"= {p} .*found shape \(3, {p + 1}\)"):
         mdn.sample_from_output(np.zeros((3, p + 1)), d, k)
+    with pytest.raises(AssertionError, match=rf"= {p} .*found shape \({p - 1},\)"):
+        mdn.sample_from_output(np.zeros(p - 1), d, k)
 
 
 @pytest.mark.parametrize(("temp", "sigma_temp"), [(1.0, 1.0), (0.5, 0.25), (2.0, 2.0)])

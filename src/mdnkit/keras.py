@@ -23,7 +23,8 @@ and describes the diagonal Gaussian mixture
 
     p(y | x) = sum_k softmax(logits)_k  prod_d N(y_d | mu_kd, sigma_kd^2).
 
-What differs from the classic layer (all of it bug fixes, nothing a correct program relies on):
+What differs from the classic layer (all of it bug fixes, nothing a correct program relies on;
+docs/keras.md has the full table, checked side by side by tests/test_keras_compat.py):
 
 * the loss returns one negative log-likelihood *per sample* (shape ``(B,)`` or ``(B, T)``) and
   reduces with a weighted mean, so ``sample_weight`` and masks weight samples as documented;
@@ -36,6 +37,11 @@ What differs from the classic layer (all of it bug fixes, nothing a correct prog
 * :func:`sample_from_output` accepts one row ``(P,)``, a batch ``(N, P)`` or sequences
   ``(N, T, P)`` in one vectorised NumPy call; ``temp=0`` is greedy and ``sigma_temp=0``
   returns the component mean, never NaN.
+
+What stays the same, on purpose: wrong-sized parameters raise :class:`MDNShapeError`, both a
+``ValueError`` and the classic ``AssertionError``; the MSE "accuracy", called, returns one value
+per sample; ``softmax`` keeps a float input's dtype; ``sample_from_categorical`` returns ``-1``
+when it cannot sample; ``split_mixture_params`` returns slices of the input's own type.
 
 The Keras backend (``torch``, ``jax`` or ``tensorflow``) is chosen by Keras itself, from the
 ``KERAS_BACKEND`` environment variable set before Keras is first imported, or from
@@ -79,6 +85,7 @@ from keras import layers, ops  # noqa: E402
 
 __all__ = [
     "MDN",
+    "MDNShapeError",
     "MixtureNLL",
     "MixtureMSEAccuracy",
     "elu_plus_one_plus_epsilon",
@@ -123,9 +130,28 @@ def _check_sizes(output_dim: Any, num_mixes: Any) -> tuple[int, int, int]:
     return d, k, _num_params(d, k)
 
 
-def _wrong_size(found_shape: Any, d: int, k: int) -> ValueError:
+class MDNShapeError(ValueError, AssertionError):
+    """Mixture parameters (or targets) of the wrong size for ``(output_dim, num_mixes)``.
+
+    Both a ``ValueError`` (this project's rule for bad input) and an ``AssertionError`` (what
+    keras-mdn-layer 1.0.0 raises, from an ``assert``, for wrong-sized ``params``), so code
+    written for either catches it. The message keeps the classic sentence and adds the
+    expected size ``P = 2 K D + K`` and the shape found.
+
+    Example::
+
+        >>> try:
+        ...     split_mixture_params(np.zeros(14), 1, 5)
+        ... except AssertionError as e:
+        ...     print(type(e).__name__, isinstance(e, ValueError))
+        MDNShapeError True
+    """
+
+
+def _wrong_size(found_shape: Any, d: int, k: int) -> MDNShapeError:
     p = _num_params(d, k)
-    return ValueError(
+    return MDNShapeError(
+        "The size of params needs to match the mixture configuration: "
         f"mixture parameters must have last dimension 2*num_mixes*output_dim + num_mixes = "
         f"2*{k}*{d} + {k} = {p} (output_dim={d}, num_mixes={k}), found shape "
         f"{tuple(found_shape)}"
@@ -261,7 +287,7 @@ def _mixture_log_prob(y_true: Any, y_pred: Any, d: int, k: int) -> Any:
         expected = math.prod(static_lead) * d
         found = math.prod(tuple(y_true.shape))
         if expected != found:
-            raise ValueError(
+            raise MDNShapeError(
                 f"y_true must hold output_dim={d} values per prediction, i.e. shape "
                 f"{static_lead + (d,)}, found shape {tuple(y_true.shape)} for predictions of "
                 f"shape {tuple(y_pred.shape)}"
@@ -440,8 +466,15 @@ def _mixture_sample_mse(
 class MixtureMSEAccuracy(keras.metrics.MeanMetricWrapper):
     """Mean squared error between one sample of the predicted mixture and the target.
 
-    .. math:: \\mathrm{mse} = \\operatorname{mean}_i \\tfrac1D \\lVert \\tilde y_i - y_i
-              \\rVert^2, \\qquad \\tilde y_i \\sim p(\\cdot \\mid \\theta_i)
+    .. math:: \\mathrm{mse}_i = \\tfrac1D \\lVert \\tilde y_i - y_i \\rVert^2, \\qquad
+              \\tilde y_i \\sim p(\\cdot \\mid \\theta_i)
+
+    Two faces, so that keras-mdn-layer code runs unchanged and training stays seeded:
+
+    * called, ``metric(y_true, y_pred)``, it is the classic function: it returns one value
+      per sample, ``mse_i`` (shape ``y_pred.shape[:-1]``, e.g. ``(B,)``), and keeps no state;
+    * as a Keras metric (``update_state`` / ``result``, which is how ``model.compile(metrics=
+      [...])`` uses it) it accumulates the (weighted) mean of ``mse_i``.
 
     The sampler's ``SeedGenerator`` state is a variable of the metric, so on JAX the random
     stream advances from step to step inside ``model.fit``; ``reset_state`` clears the
@@ -478,6 +511,17 @@ class MixtureMSEAccuracy(keras.metrics.MeanMetricWrapper):
         # tracked as a metric variable, so stateless (JAX) training steps carry it forward
         self._seed_state = generator.state
 
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:  # type: ignore[override]
+        """One squared error per sample, as the classic ``mse_func(y_true, y_pred)``.
+
+        Draws one sample per mixture (advancing the seed) and returns
+        ``mean_d (sample_d - y_d)^2`` with shape ``y_pred.shape[:-1]``; the running mean of
+        the metric is left untouched.
+        """
+        return _mixture_sample_mse(
+            y_true, y_pred, self.output_dim, self.num_mixes, self._seed_generator
+        )
+
     def reset_state(self) -> None:
         for v in self.variables:
             if v is not self._seed_state:
@@ -503,9 +547,16 @@ def get_mixture_mse_accuracy(
     """An MSE "accuracy" metric: squared error of one mixture sample against the target.
 
     Returns a registered :class:`MixtureMSEAccuracy` metric (seeded, so it runs inside
-    ``model.fit`` on every backend, JAX included). See its docstring for the maths.
+    ``model.fit`` on every backend, JAX included). Called directly it behaves as the classic
+    function: ``acc(y_true, y_pred)`` returns one value per sample, shape ``(batch,)``.
+    See its docstring for the maths.
 
     Example::
+
+        >>> acc = get_mixture_mse_accuracy(1, 1, seed=0)
+        >>> params = np.array([[0.0, 1e-6, 0.0], [3.0, 1e-6, 0.0]], dtype="float32")
+        >>> np.round(keras.ops.convert_to_numpy(acc(np.zeros((2, 1)), params)), 3).tolist()
+        [0.0, 9.0]
 
         >>> model.compile(loss=get_mixture_loss_func(1, 5), optimizer="rmsprop",
         ...               metrics=[get_mixture_mse_accuracy(1, 5, seed=0)])  # doctest: +SKIP
@@ -522,10 +573,14 @@ def split_mixture_params(params: Any, output_dim: int, num_mixes: int) -> tuple[
     """Split mixture parameters into ``mus``, ``sigs`` and ``pi_logits``.
 
     Along the last axis, ``params = [mus (K*D) | sigs (K*D) | pi_logits (K)]``. Works for one
-    row ``(P,)`` (as the classic function) and for any leading dims ``(..., P)``.
+    row ``(P,)`` (as the classic function) and for any leading dims ``(..., P)``. The parts
+    are slices of ``params`` of its own type, as in the classic function: a list gives lists,
+    an array gives array views, a framework tensor gives tensors (a nested list is read as an
+    array).
 
     Raises:
-        ValueError: if the last dimension is not ``2 K D + K``.
+        MDNShapeError: (a ``ValueError`` and an ``AssertionError``) if the last dimension is
+            not ``2 K D + K``.
 
     Example::
 
@@ -534,10 +589,16 @@ def split_mixture_params(params: Any, output_dim: int, num_mixes: int) -> tuple[
         ([0.0, 1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0, 9.0], [10.0, 11.0, 12.0, 13.0, 14.0])
     """
     d, k, p = _check_sizes(output_dim, num_mixes)
-    arr = np.asarray(params)
-    if arr.ndim == 0 or arr.shape[-1] != p:
-        raise _wrong_size(arr.shape, d, k)
-    return arr[..., : k * d], arr[..., k * d : 2 * k * d], arr[..., 2 * k * d :]
+    if isinstance(params, list | tuple) and (
+        not params or not isinstance(params[0], numbers.Number)
+    ):
+        params = np.asarray(params)  # nested (or empty) Python sequences: read as an array
+    shape = tuple(np.shape(params))
+    if len(shape) == 0 or shape[-1] != p:
+        raise _wrong_size(shape, d, k)
+    if len(shape) == 1:  # plain slices: lists stay lists, tensors stay tensors
+        return params[: k * d], params[k * d : 2 * k * d], params[2 * k * d :]
+    return params[..., : k * d], params[..., k * d : 2 * k * d], params[..., 2 * k * d :]
 
 
 def softmax(w: Any, t: float = 1.0) -> np.ndarray:
@@ -547,6 +608,8 @@ def softmax(w: Any, t: float = 1.0) -> np.ndarray:
 
     ``t -> 0`` tends to the one-hot vector of the largest logit and ``t = 0`` returns exactly
     that (the first maximum on ties); ``t -> inf`` tends to uniform. Never NaN for finite ``w``.
+    Computed in float64; the result has the classic dtype, that of ``np.array(w) / t``
+    (a float array keeps its precision, anything else gives float64).
 
     Example::
 
@@ -558,14 +621,16 @@ def softmax(w: Any, t: float = 1.0) -> np.ndarray:
     t = float(t)
     if not t >= 0:
         raise ValueError(f"temperature t must be >= 0, found {t!r}")
-    x = np.asarray(w, dtype=np.float64)
+    raw = np.asarray(w)
+    out_dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
+    x = raw.astype(np.float64)
     if x.ndim == 0:
         raise ValueError(f"logits must have at least one dimension, found a scalar {w!r}")
     if t == 0.0:
-        return np.eye(x.shape[-1])[np.argmax(x, axis=-1)]
+        return np.eye(x.shape[-1], dtype=out_dtype)[np.argmax(x, axis=-1)]
     z = (x - np.max(x, axis=-1, keepdims=True)) / t
     e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
+    return (e / np.sum(e, axis=-1, keepdims=True)).astype(out_dtype, copy=False)
 
 
 _Seed = int | np.random.Generator | np.random.RandomState | None
@@ -590,10 +655,12 @@ def _uniform(rng: Any, size: int) -> np.ndarray:
 
 def _categorical_rows(probs: np.ndarray, rng: Any) -> np.ndarray:
     """One index per row of ``probs`` (n, K) by inverting the CDF; zero-weight components
-    are never chosen."""
+    are never chosen; a row without positive finite mass gives -1."""
     cum = np.cumsum(probs, axis=-1)
-    u = _uniform(rng, probs.shape[0]) * cum[:, -1]
-    return np.minimum(np.sum(cum <= u[:, None], axis=-1), probs.shape[-1] - 1)
+    total = cum[:, -1]
+    u = _uniform(rng, probs.shape[0]) * total
+    idx = np.minimum(np.sum(cum <= u[:, None], axis=-1), probs.shape[-1] - 1)
+    return np.where((total > 0) & np.isfinite(total), idx, -1)
 
 
 # Rows are processed in blocks of this many, so that the (K, block) work arrays stay in cache.
@@ -643,7 +710,8 @@ def sample_from_categorical(dist: Any, seed: _Seed = None) -> Any:
     For one distribution ``(K,)`` returns an ``int`` (as the classic function); for a batch
     ``(..., K)`` an integer array of the leading shape, one draw per row. Draws by inverting
     the cumulative distribution: ``k = min{k : sum_{j<=k} p_j > u}``, ``u ~ U(0, 1)`` scaled to
-    the total mass.
+    the total mass (so unnormalised weights work). As in the classic function, sampling that
+    cannot succeed (all weights zero, or NaN) returns ``-1``.
 
     Example::
 
@@ -688,7 +756,9 @@ def sample_from_output(
             or ``np.random.Generator`` gives reproducible draws.
 
     Raises:
-        ValueError: wrong-sized ``params`` (says expected vs found) or a negative temperature.
+        MDNShapeError: wrong-sized ``params`` (says expected vs found); it is a ``ValueError``
+            and an ``AssertionError``, what the classic function raised.
+        ValueError: a negative temperature.
 
     Example::
 
