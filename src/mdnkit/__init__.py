@@ -32,6 +32,7 @@ _LAZY = {
     "save": "io",
     "load": "io",
     "MDNRNN": "sequence",
+    "SketchVAE": "sequence",
 }
 _SUBMODULES = (
     "metrics",

@@ -24,6 +24,17 @@ Start token
     set), so the first event is predicted too and the loss is the full sequence likelihood
     :math:`-\frac{1}{\sum_b L_b}\sum_b \log p(x^{(b)}_{1..L_b})`: a mean NLL **per event**.
 
+Conditioning
+    Per-step ``inputs`` ``(B, T, input_dim)`` and a per-sequence ``context`` ``(B,
+    context_dim)`` join the recurrent input; ``inputs[:, t]`` is read by the step that
+    *predicts* event ``t`` (a world model: the action taken after observation ``t - 1``).  With
+    ``context_init`` the context also sets the initial state (sketch-rnn's decoder).
+
+Extra heads
+    ``reward=True`` adds a reward column (after the pen state) predicted by a Gaussian,
+    ``done=True`` a last done column (0/1) predicted by a Bernoulli logit; both are targets
+    only (not fed back into the network).
+
 Units
     The continuous part is standardised inside the model (:meth:`MDNRNN.prepare`), but every
     density, NLL and sample is in data units (the NLL includes :math:`\sum_d \log s_d`).
@@ -61,15 +72,19 @@ from __future__ import annotations
 
 import numpy as np  # noqa: F401  (used by the docstring example)
 
-from ..options import CellType, Standardize
+from ..options import CellType, MixtureType, Standardize
 from .data import ArrayLike, pad_sequences, windows
-from .model import MDNRNN
+from .model import MDNRNN, SequenceOutput
 from .onnx import OnnxGenerator, export_onnx
-from .runtime import GeneratorBase, Sampling, StepGenerator
+from .runtime import GeneratorBase, Sampling, StepGenerator, StepParams
+from .vae import SketchVAE
 
 __all__ = [
     "MDNRNN",
+    "SequenceOutput",
+    "SketchVAE",
     "StepGenerator",
+    "StepParams",
     "OnnxGenerator",
     "export_onnx",
     "pad_sequences",
@@ -78,5 +93,6 @@ __all__ = [
     "GeneratorBase",
     "ArrayLike",
     "CellType",
+    "MixtureType",
     "Standardize",
 ]
