@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -299,6 +299,36 @@ class GeneratorBase:
         if context is not None:
             self.context = self._as_context(context)
         self._reset_state()
+
+    def retune(
+        self,
+        temperature: float | None = None,
+        sigma_temperature: float | None = None,
+        pen_temperature: float | None = None,
+    ) -> Sampling:
+        """Change the temperatures (None: keep one) while keeping the recurrent state and the
+        random source: a live control.  The values are checked as :class:`Sampling` checks
+        them; the new settings are returned and kept as ``g.sampling``.
+
+        Example:
+            >>> from mdnkit.sequence import MDNRNN
+            >>> g = MDNRNN(2, hidden_size=8).generator(generator=0)
+            >>> e = g.step()
+            >>> g.retune(temperature=0.5).temperature
+            0.5
+        """
+        changes = {"temperature": temperature, "sigma_temperature": sigma_temperature}
+        changes["pen_temperature"] = pen_temperature
+        s = replace(self.sampling, **{k: v for k, v in changes.items() if v is not None})
+        smp = self.sampler
+        smp.temperature, smp.sigma_temperature = s.temperature, s.sigma_temperature
+        smp.pen_temperature, smp.root_sigma = s.pen_temperature, s.root_sigma
+        self.sampling = s
+        self._retuned()
+        return s
+
+    def _retuned(self) -> None:
+        """Hook: a runtime that caches a value derived from the temperatures refreshes it."""
 
     def _next(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
         return self.sampler.sample(self._advance(event, inputs))
@@ -634,8 +664,12 @@ class StepGenerator(GeneratorBase):
             and not layout.per_dimension
             and not (self.done or self.reward)
         )
-        self._noise_scale = (self._scale * np.float32(sampling.root_sigma)).astype(np.float32)
+        self._retuned()
         self._reset_state()
+
+    def _retuned(self) -> None:
+        root = np.float32(self.sampling.root_sigma)
+        self._noise_scale = (self._scale * root).astype(np.float32)
 
     def _reset_state(self) -> None:
         b, h = self.batch, self.hidden
