@@ -792,6 +792,39 @@ def test_diagonal_mixture_lse_and_grad_match_scipy_and_closed_form(cov):
     assert torch.isfinite(lse).all() and (d_loc[1, :, 2] == 0).all()
 
 
+@pytest.mark.parametrize("cov", ["diagonal", "spherical"])
+def test_diagonal_mixture_lse_finite_logits_matches_general_path_and_scipy(cov):
+    """``finite_logits=True`` (the fast step's way: no guard for all -inf logit columns) gives
+    the general path's value and gradients bit for bit, and scipy's value; the densities' guard
+    stays: a column whose every component density underflows still gives -inf, not NaN."""
+    k, d, b = 5, 3, 9
+    logits, loc, s = random_mixture_params((b,), k, d, cov, seed=16)
+    y = torch.randn(b, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 3
+    y[4] = 1e160  # every component's |z|^2 overflows: density 0 in each
+    lt = logits.t().contiguous()
+    inv = s.permute(1, 2, 0).reciprocal().contiguous()
+    z = (y.t() - loc.permute(1, 2, 0)) * inv
+    fast, fast_pieces = kernels.diagonal_mixture_lse(lt, z, inv, finite_logits=True)
+    general, pieces = kernels.diagonal_mixture_lse(lt, z, inv)
+    assert torch.equal(fast, general) and fast[4].item() == -math.inf
+    sig = np.broadcast_to(s.numpy(), loc.shape)
+    comp = stats.norm.logpdf(y.numpy()[:, None, :], loc.numpy(), sig).sum(-1)
+    lw = logits.numpy() - special.logsumexp(logits.numpy(), -1, keepdims=True)
+    want = special.logsumexp(lw + comp, -1) + 0.5 * d * math.log(2 * math.pi)
+    keep = np.arange(b) != 4
+    np.testing.assert_allclose(fast.numpy()[keep], want[keep], rtol=1e-12)
+    for got, ref in zip(
+        kernels.diagonal_mixture_grad(1.0, z[..., keep], inv[..., keep], _cols(fast_pieces, keep)),
+        kernels.diagonal_mixture_grad(1.0, z[..., keep], inv[..., keep], _cols(pieces, keep)),
+    ):
+        assert torch.equal(got, ref)
+
+
+def _cols(pieces, keep):
+    """The pieces of :func:`kernels.diagonal_mixture_lse` restricted to some columns."""
+    return tuple(None if p is None else p[..., torch.from_numpy(keep)] for p in pieces)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [5, 70])
 def test_cumsum_component_major_matches_numpy(dtype, k):

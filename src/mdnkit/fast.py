@@ -129,9 +129,12 @@ def nll_component_major(
     raw = params[lay.scale].view(k, ds, n)
     sigma, dsigma = lay.scale_map.with_derivative(raw, grad_out is not None)
     inv = sigma.reciprocal_()
-    u = (z - loc).mul_(inv)
-    # the shared diagonal log-sum-exp and its gradient (mdnkit.kernels)
-    lse, pieces = diagonal_mixture_lse(params[lay.logits], u, inv)
+    # written into a buffer laid out like loc: `z - loc` alone would take the strides of a
+    # transposed z (D innermost in memory), and every kernel after it would run strided
+    u = torch.sub(z, loc, out=torch.empty_like(loc)).mul_(inv)
+    # the shared diagonal log-sum-exp and its gradient (mdnkit.kernels); the logits are a
+    # linear layer's output, finite (a NaN is caught by fit, which rolls the step back)
+    lse, pieces = diagonal_mixture_lse(params[lay.logits], u, inv, finite_logits=True)
     total = lse.sum()
     if grad_out is None:
         return total

@@ -94,6 +94,8 @@ def sum_last(t: Tensor) -> Tensor:
     n = t.shape[-1]
     if n > UNROLL_MAX_D:
         return t.sum(-1)
+    if n == 1:  # (a squeeze is the cheapest view)
+        return t.squeeze(-1)
     out = t[..., 0]
     for i in range(1, n):
         out = out + t[..., i]
@@ -102,10 +104,13 @@ def sum_last(t: Tensor) -> Tensor:
 
 def sum_dim1(t: Tensor) -> Tensor:
     """``t.sum(1)``, unrolled for a short second dimension (D is small in most MDNs)."""
-    if t.shape[1] > UNROLL_MAX_D:
+    n = t.shape[1]
+    if n > UNROLL_MAX_D:
         return t.sum(1)
+    if n == 1:  # (a squeeze is the cheapest view)
+        return t.squeeze(1)
     out = t[:, 0]
-    for i in range(1, t.shape[1]):
+    for i in range(1, n):
         out = out + t[:, i]
     return out
 
@@ -149,15 +154,21 @@ def from_component_major(g: Tensor, batch: torch.Size, shape: torch.Size) -> Ten
     return g.permute(*range(2, n + 2), 0, 1).reshape(shape)
 
 
-def shifted_exp_sum(a: Tensor, overwrite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def shifted_exp_sum(
+    a: Tensor, overwrite: bool = False, finite: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(exp(a - m), sum_k exp(a_k - m), m)`` with ``m = max_k a_k`` over dim 0 of ``(K, B)``.
 
     ``log(s) + m`` is the log-sum-exp; columns that are all ``-inf`` give ``-inf`` (not NaN).
     Terms at or below ``e^EXP_FLOOR`` are exactly 0; NaN stays NaN.  Differentiable (twice)
     when ``a`` requires a gradient and grad mode is on; otherwise it works in place on its
     temporaries, and on ``a`` itself if ``overwrite`` (``a`` is a temporary of the caller's).
+    ``finite``: the caller knows every column's maximum is finite (finite logits, say), so the
+    guard that makes an all ``-inf`` column give ``-inf`` is skipped (such a column gives NaN).
     """
-    m = a.amax(0).nan_to_num(0.0, 0.0, 0.0)
+    m = a.amax(0)
+    if not finite:
+        m = m.nan_to_num(0.0, 0.0, 0.0)
     if torch.is_grad_enabled() and a.requires_grad:  # (double backward) differentiable ops
         return _exp_sum(F.threshold(a - m, EXP_FLOOR, -math.inf).exp(), m)
     d = a.sub_(m) if overwrite else a - m
@@ -170,32 +181,39 @@ def _exp_sum(e: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def diagonal_mixture_lse(
-    logits: Tensor, z: Tensor, inv: Tensor
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    logits: Tensor, z: Tensor, inv: Tensor, finite_logits: bool = False
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     r""":math:`\log p(y) + \tfrac D2\log 2\pi` of diagonal/spherical mixtures, component-major.
 
     ``logits`` ``(K, B)`` raw (unnormalised) logits, ``z`` ``(K, D, B)`` standardised residuals
     :math:`(y - \mu_k)/\sigma_k`, ``inv`` ``(K, C, B)`` :math:`1/\sigma` (``C`` = D, or 1 for
     spherical components).  Returns the ``(B,)`` value
     :math:`\operatorname{lse}_k(l_k + c_k) - \operatorname{lse}_k l_k` and the pieces
-    :func:`diagonal_mixture_grad` needs, ``(e_l, s_l, e_a, s_a)``: the :func:`shifted_exp_sum`
-    exponentials and sums of the logits and of :math:`a = l + c`.  Leaves its inputs untouched.
+    :func:`diagonal_mixture_grad` needs, ``(e_l, s_l, e_a, s_a, zz)``: the
+    :func:`shifted_exp_sum` exponentials and sums of the logits and of :math:`a = l + c`, and,
+    for spherical components, the squared norms :math:`\lVert z_k\rVert^2` ``(K, B)`` (which
+    their scales' gradient reuses; None for diagonal ones).  Leaves its inputs untouched.
+    ``finite_logits``: every logit is finite (a linear layer's output, as in the fast training
+    step), so the logits' log-sum-exp skips the guard for columns that are all ``-inf``
+    (masked components); the densities' log-sum-exp keeps it.
     """
     d = z.shape[1]
     log_inv = inv.log()
     log_det = sum_dim1(log_inv) if inv.shape[1] == d else d * log_inv[:, 0]
+    zz = sum_dim1(z * z)
     # a = l + (log_det - |z|^2 / 2), in place on temporaries (log's backward needs its input only)
-    a = log_det.add_(sum_dim1(z * z), alpha=-0.5).add_(logits)
-    e_l, s_l, m_l = shifted_exp_sum(logits)
+    a = log_det.add_(zz, alpha=-0.5).add_(logits)
+    e_l, s_l, m_l = shifted_exp_sum(logits, finite=finite_logits)
     e_a, s_a, m_a = shifted_exp_sum(a, overwrite=True)
-    return (s_a / s_l).log() + (m_a - m_l), (e_l, s_l, e_a, s_a)
+    spherical_zz = zz if inv.shape[1] != d else None
+    return (s_a / s_l).log() + (m_a - m_l), (e_l, s_l, e_a, s_a, spherical_zz)
 
 
 def diagonal_mixture_grad(
     grad: Tensor | float,
     z: Tensor,
     inv: Tensor,
-    pieces: tuple[Tensor, Tensor, Tensor, Tensor],
+    pieces: tuple[Tensor, ...],
     out: tuple[Tensor, Tensor] | None = None,
     overwrite: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -210,19 +228,23 @@ def diagonal_mixture_grad(
     ``overwrite``: the exponentials in ``pieces`` are temporaries that may be overwritten.
     Differentiable when given tensors that require a gradient (and no ``out``).
     """
-    e_l, s_l, e_a, s_a = pieces
+    e_l, s_l, e_a, s_a, zz = pieces
     d = z.shape[1]
     r, pi = _times_softmax(grad, e_a, s_a, overwrite), _times_softmax(grad, e_l, s_l, overwrite)
     # r (K, B): responsibilities times the incoming gradient; pi: the weights times it
     d_logits = torch.sub(r, pi, out=None if out is None else out[0])
     del pi  # (a full-size temporary: not kept alive while the larger ones below are made)
     r1 = r.unsqueeze(1)
-    # in place on temporaries: fewer full-size buffers
-    rzi = torch.mul(z, inv, out=None if out is None else out[1]).mul_(r1)  # (K, D, B)
+    buf = None if out is None else out[1]
     if inv.shape[1] == d:
+        # in place on temporaries: two full-size (K, D, B) buffers, not three
+        rzi = torch.mul(z, inv, out=buf).mul_(r1)  # r z / sigma
         d_scale = (r1 * inv).neg_().addcmul_(rzi, z)  # r z^2 / sigma - r / sigma
-    else:
-        d_scale = (r * (sum_dim1(z * z) - d) * inv[:, 0]).unsqueeze(1)
+    else:  # r (|z|^2 - D) / sigma, with r / sigma (K, 1, B) and |z|^2 from the forward pass
+        assert zz is not None
+        ri = r1 * inv
+        rzi = torch.mul(z, ri, out=buf)
+        d_scale = (zz - d).unsqueeze(1).mul_(ri)
     return d_logits, rzi, d_scale
 
 
