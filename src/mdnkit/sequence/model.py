@@ -62,6 +62,13 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def _masked(t: Tensor, mask: Tensor | None) -> Tensor:
+    """``t`` with zeros where ``mask`` is False (padding); ``t`` itself without a mask."""
+    if mask is None:
+        return t
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
 class SequenceOutput(tuple):
     """What :meth:`MDNRNN.forward` returns: unpacks as ``(mixture, pen_logits, state)``, with the
     optional extra heads as attributes.
@@ -425,12 +432,12 @@ class MDNRNN(nn.Module):
             )
         return lt
 
-    def _pen_index(self, x: Tensor, mask: Tensor) -> Tensor:
-        p = torch.where(
-            mask, x[..., self.event_dim], torch.zeros((), dtype=x.dtype, device=x.device)
-        )
+    def _pen_index(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        p = _masked(x[..., self.event_dim], mask)
         idx = p.round()
-        bad = mask & ((idx != p) | (idx < 0) | (idx >= self.pen_states))
+        bad = (idx != p) | (idx < 0) | (idx >= self.pen_states)
+        if mask is not None:
+            bad = mask & bad
         if bad.any():
             raise ValueError(
                 f"the last column must hold a pen-state index in 0..{self.pen_states - 1}, "
@@ -611,7 +618,11 @@ class MDNRNN(nn.Module):
         inputs: ArrayLike | None,
         context: ArrayLike | None,
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-event NLL terms (zero at padding), by part, and the mask."""
+        """Per-event NLL terms (zero at padding), by part, and the mask.
+
+        When every sequence has the batch's longest length (windows cut from a stream, say)
+        nothing is padding, and the masking is skipped (``mask=None`` inside): same values.
+        """
         x = self._check_x(x)
         b, t = x.shape[0], x.shape[1]
         lengths = self._check_lengths(lengths, b, t)
@@ -621,37 +632,41 @@ class MDNRNN(nn.Module):
         x = x[:, :tmax]
         inputs = None if inputs is None else inputs[:, :tmax]
         mask = torch.arange(tmax, device=x.device)[None, :] < lengths[:, None]
-        enc = torch.cat([self._start(b, x), self._encode(x[:, :-1], mask[:, :-1])], 1)
-        h, _ = self.rnn(self._conditioned(enc, inputs, context, mask), self.initial_state(context))
-        return self._nll_terms(h, x, mask), mask
+        real = None if bool(lengths.min() == tmax) else mask
+        enc = torch.cat(
+            [self._start(b, x), self._encode(x[:, :-1], None if real is None else real[:, :-1])], 1
+        )
+        h, _ = self.rnn(self._conditioned(enc, inputs, context, real), self.initial_state(context))
+        return self._nll_terms(h, x, real), mask
 
-    def _nll_terms(self, h: Tensor, x: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """The NLL of each part of every event given the network's outputs ``h``."""
+    def _nll_terms(self, h: Tensor, x: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+        """The NLL of each part of every event given the network's outputs ``h`` (``mask``:
+        which events are real; None: all of them)."""
         m = self._mixture_std(h)
         u = (x[..., : self.event_dim] - self.shift) / self.scale
-        u = torch.where(mask.unsqueeze(-1), u, torch.zeros((), dtype=u.dtype))
+        if mask is not None:
+            u = torch.where(mask.unsqueeze(-1), u, torch.zeros((), dtype=u.dtype))
         lp = m.log_prob(u) - self.scale.log().sum()
-        zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
-        terms = {"mixture_nll": torch.where(mask, -lp, zero)}
+        terms = {"mixture_nll": _masked(-lp, mask)}
         if self.pen is not None:
             target = self._pen_index(x, mask)
             ce = F.cross_entropy(
                 self.pen(h).reshape(-1, self.pen_states), target.reshape(-1), reduction="none"
             )
-            terms["pen_nll"] = torch.where(mask, ce.reshape(mask.shape).to(lp.dtype), zero)
+            terms["pen_nll"] = _masked(ce.reshape(target.shape).to(lp.dtype), mask)
         if self.reward_head is not None:
-            r = torch.where(mask, x[..., self.reward_column], zero)
+            r = _masked(x[..., self.reward_column], mask)
             loc, scale = self._reward_std(h)
             z = (r - self.reward_shift) / self.reward_scale
             lr = Normal(loc, scale, validate_args=False).log_prob(z) - self.reward_scale.log()
-            terms["reward_nll"] = torch.where(mask, -lr, zero)
+            terms["reward_nll"] = _masked(-lr, mask)
         if self.done_head is not None:
-            d = torch.where(mask, x[..., self.done_column], zero)
+            d = _masked(x[..., self.done_column], mask)
             if ((d < 0) | (d > 1) | torch.isnan(d)).any():
                 bad = d[(d < 0) | (d > 1) | torch.isnan(d)][:3].tolist()
                 raise ValueError(f"the done column must hold values in [0, 1], found {bad}")
             bce = F.binary_cross_entropy_with_logits(self.done_head(h)[..., 0], d, reduction="none")
-            terms["done_nll"] = torch.where(mask, bce, zero)
+            terms["done_nll"] = _masked(bce, mask)
         return terms
 
     def loss(
