@@ -11,9 +11,19 @@ key                 value
 ``class``           ``"MDN"``, ``"MDNRNN"`` or ``"MDNRegressor"``
 ``config``          JSON: the object's constructor arguments (``obj.config()``)
 ``user``            JSON: the caller's ``metadata`` dict (e.g. the CSV column names)
-``checksum``        SHA-256 over the class, version, config, user metadata and every tensor's
-                    name, dtype, shape and bytes
+``checksum``        SHA-256 over the class, version, config, user metadata, the training state
+                    (when there is one) and every tensor's name, dtype, shape and bytes
 ==================  =========================================================================
+
+**Checkpoints** (:func:`save_checkpoint`, written by :func:`mdnkit.fit`) are model files too:
+their tensors are the *best* weights under the model's own names, so :func:`load` gives the best
+model, plus the whole training state: a JSON tree in the header key ``training_state`` whose
+tensors (optimiser moments, RNG states, the current weights ...) are stored as further
+safetensors tensors named ``@state/...`` and referenced from the tree as ``{"@tensor": name}``.
+Tuples, non-string dict keys and non-finite floats have their own JSON forms
+(``{"@tuple": [...]}``, ``{"@items": [[key, value], ...]}``, ``{"@float": "inf"}``), so an
+optimiser's ``state_dict`` comes back as it was.  A checkpoint is ``format_version`` 2 (older
+mdnkit versions refuse it with "upgrade"); :func:`load_checkpoint` reads it back.
 
 Loading never unpickles and never runs code from the file: the class is looked up by name in a
 fixed registry of mdnkit's own classes, the configuration is JSON, the tensors are raw bytes.
@@ -27,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -44,17 +55,22 @@ __all__ = [
     "load_metadata",
     "load_header",
     "saveable_class_name",
+    "save_checkpoint",
+    "load_checkpoint",
     "FORMAT_NAME",
     "FORMAT_VERSION",
 ]
 
 FORMAT_NAME = "mdnkit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this mdnkit reads; a plain model file is written as 1
+_MODEL_VERSION = 1  # model files (no training state) stay readable by older versions
+_STATE_PREFIX = "@state/"  # names of a checkpoint's training-state tensors
 
 # class name -> (module, attribute): the only classes a file can ask for.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "MDN": ("mdnkit.models", "MDN"),
     "MDNRNN": ("mdnkit.sequence", "MDNRNN"),
+    "SketchVAE": ("mdnkit.sequence", "SketchVAE"),
     "MDNRegressor": ("mdnkit.estimator", "MDNRegressor"),
 }
 _MAX_HEADER = 100 * 1024 * 1024
@@ -76,9 +92,17 @@ def saveable_class_name(obj: Any) -> str:
     )
 
 
-def _checksum(cls: str, version: int, config: str, user: str, tensors: dict[str, Tensor]) -> str:
+def _checksum(
+    cls: str,
+    version: int,
+    config: str,
+    user: str,
+    tensors: dict[str, Tensor],
+    state: str | None = None,
+) -> str:
     h = hashlib.sha256()
-    head = json.dumps([FORMAT_NAME, version, cls, config, user], separators=(",", ":"))
+    fields = [FORMAT_NAME, version, cls, config, user] + ([state] if state is not None else [])
+    head = json.dumps(fields, separators=(",", ":"))
     h.update(head.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -115,6 +139,11 @@ def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = No
         >>> model2 = load("model.mdn")                                       # doctest: +SKIP
     """
     name = saveable_class_name(obj)
+    config, user = _config_and_user(obj, metadata)
+    return _write(path, name, config, user, _state(obj))
+
+
+def _config_and_user(obj: Any, metadata: dict[str, Any] | None) -> tuple[str, str]:
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, found {type(metadata).__name__}")
     cfg = obj.config()  # an unfitted estimator raises NotFittedError (a ValueError) here
@@ -123,15 +152,29 @@ def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = No
         user = json.dumps(metadata or {}, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config and metadata must be JSON-serialisable: {err}") from None
-    tensors = _state(obj)
+    return config, user
+
+
+def _write(
+    path: str | os.PathLike,
+    name: str,
+    config: str,
+    user: str,
+    tensors: dict[str, Tensor],
+    state: str | None = None,
+) -> Path:
+    """Write one file (layout in the module docstring) atomically; the path written."""
+    version = _MODEL_VERSION if state is None else FORMAT_VERSION
     header = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(version),
         "class": name,
         "config": config,
         "user": user,
-        "checksum": _checksum(name, FORMAT_VERSION, config, user, tensors),
+        "checksum": _checksum(name, version, config, user, tensors, state),
     }
+    if state is not None:
+        header["training_state"] = state
     from safetensors.torch import save as st_save
 
     data = st_save(tensors, metadata=header)
@@ -141,6 +184,110 @@ def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = No
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def _encode(value: Any, tensors: dict[str, Tensor], where: str) -> Any:
+    """``value`` as a JSON tree, its tensors moved into ``tensors`` (module docstring)."""
+    if isinstance(value, Tensor):
+        name = _STATE_PREFIX + where
+        while name in tensors:
+            name += "'"
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+        return {"@tensor": name}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"@float": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {"@tuple": [_encode(v, tensors, f"{where}/{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, tensors, f"{where}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("@") for k in value):
+            return {k: _encode(v, tensors, f"{where}/{k}") for k, v in value.items()}
+        return {
+            "@items": [
+                [_encode(k, tensors, f"{where}/key"), _encode(v, tensors, f"{where}/{k}")]
+                for k, v in value.items()
+            ]
+        }
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__} (at {where!r})")
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of :func:`_encode`."""
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((key, inner),) = value.items()
+        if key == "@tensor":
+            return tensors[inner]
+        if key == "@float":
+            return float(inner)
+        if key == "@tuple":
+            return tuple(_decode(v, tensors) for v in inner)
+        if key == "@items":
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in inner}
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def save_checkpoint(
+    obj: Any,
+    path: str | os.PathLike,
+    state: dict[str, Any],
+    *,
+    weights: dict[str, Tensor] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save a training checkpoint: a model file holding ``weights`` (default: ``obj``'s own, a
+    ``state_dict``), so that :func:`load` gives that model, plus ``state``, a dict of JSON
+    values, tuples, dicts (any keys) and tensors (layout in the module docstring).  Atomic, and
+    nothing in it is pickled.  :func:`mdnkit.fit` writes one with ``checkpoint=``.
+
+    Example:
+        >>> from mdnkit import MDN
+        >>> model = MDN(2, 1, hidden=(8,), num_components=3)
+        >>> st = {"epoch": 3, "moments": {0: torch.zeros(4)}}
+        >>> save_checkpoint(model, "run.ckpt", st)                # doctest: +SKIP
+        >>> load_checkpoint("run.ckpt")[1]["moments"][0].shape    # doctest: +SKIP
+        torch.Size([4])
+    """
+    name = saveable_class_name(obj)
+    config, user = _config_and_user(obj, metadata)
+    if weights is None:
+        tensors = _state(obj)
+    else:
+        tensors = {str(k): v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    if any(k.startswith(_STATE_PREFIX) for k in tensors):
+        raise ValueError(f"model tensor names must not start with {_STATE_PREFIX!r}")
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, found {type(state).__name__}")
+    tree = json.dumps(_encode(state, tensors, "state"), sort_keys=True, allow_nan=False)
+    return _write(path, name, config, user, tensors, tree)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(weights, state)`` of a file written by :func:`save_checkpoint` (verified first):
+    the model's tensors and the training state, every tensor on the CPU.  ValueError for a
+    model file without a training state, or any file :func:`load` would refuse.
+
+    Example:
+        >>> weights, state = load_checkpoint("run.ckpt")  # doctest: +SKIP
+    """
+    meta, tensors = _read(path)
+    if "training_state" not in meta:
+        raise ValueError(
+            f"{str(path)!r} is a model file without a training state (not a checkpoint "
+            "written by fit(checkpoint=...))"
+        )
+    try:
+        state = _decode(json.loads(meta["training_state"]), tensors)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} has an unreadable training state: {err}") from None
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_STATE_PREFIX)}
+    return weights, state
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -186,6 +333,9 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
     for key in ("class", "config", "user", "checksum"):
         if not isinstance(meta.get(key), str):
             raise ValueError(f"{where} is corrupt: the header has no {key!r} entry")
+    state = meta.get("training_state")
+    if state is not None and not isinstance(state, str):
+        raise ValueError(f"{where} is corrupt: its training_state is not a string")
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -193,7 +343,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
         tensors = st_load(data)
     except (SafetensorError, RuntimeError, ValueError) as err:
         raise ValueError(f"{where} is corrupt or truncated: {err}") from None
-    expected = _checksum(meta["class"], version, meta["config"], meta["user"], tensors)
+    expected = _checksum(meta["class"], version, meta["config"], meta["user"], tensors, state)
     if expected != meta["checksum"]:
         raise ValueError(
             f"{where} is corrupt or was modified: its checksum does not match its contents"
@@ -245,6 +395,8 @@ def load_with_header(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
         >>> json.loads(header["user"])  # the metadata given to save  # doctest: +SKIP
     """
     meta, tensors = _read(path)
+    if "training_state" in meta:  # a checkpoint: the model is its best weights
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(_STATE_PREFIX)}
     name = meta["class"]
     if name not in _REGISTRY:
         raise ValueError(
@@ -270,4 +422,8 @@ def load_with_header(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
             obj.eval()
     except (TypeError, ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"{str(path)!r} does not describe a valid {name}: {err}") from None
+    if isinstance(obj, torch.nn.Module):
+        from .training import mark_trained
+
+        mark_trained(obj)  # fit(..., prepare="auto") continues from these weights
     return obj, dict(meta)

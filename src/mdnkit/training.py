@@ -46,9 +46,49 @@ epoch, so small problems train in seconds.
 * :class:`EpochStep`: one pass over the batches (the model's fast step, or autograd);
 * :class:`NaNRollback`: the state at the start of an epoch, restored when it goes non-finite;
 * :class:`Monitor`: the :class:`History`, the best weights and early stopping;
-* :class:`Checkpointer` and :class:`Progress`: the best model on disk, the progress bar.
+* :class:`Checkpointer` and :class:`Progress`: the checkpoint on disk, the progress bar.
 
 These parts are the package's own seams (``fit`` is the public API).
+
+**Checkpoints and exact resume.**  With ``checkpoint=PATH`` the whole training state is written
+to ``PATH`` atomically (:func:`mdnkit.io.save_checkpoint`: safetensors tensors and a JSON
+header, never pickle) at the end of every epoch and, with ``checkpoint_every=N``, every N
+optimiser steps: the current weights, the optimiser and schedule state, the epoch, the step and
+the position within the epoch (with the loss sums so far), the best value, the best weights and
+the early-stopping counters, the NaN-rollback state, every RNG state (torch's, the generator that
+orders the batches, CUDA's on a CUDA device; with a DataLoader also Python's and NumPy's) and
+the :class:`History`.  The file is also a model file: :func:`mdnkit.io.load` gives the best
+model so far (the current one before the first epoch ends).  ``resume=PATH`` (or ``resume=True``:
+from ``checkpoint`` when that file exists) continues a run from it; a run killed at any moment
+and resumed ends with the same weights as one never interrupted (bit for bit on the CPU with the
+same thread count).  The settings that shape the run (batch size, optimiser, learning rate,
+schedule, split, the data's size) must be the ones it was written with (ValueError otherwise);
+``epochs`` and ``patience`` may change.  A mid-epoch resume from a DataLoader replays the
+epoch's first batches (exact when the loader's order comes from torch's RNG or its own
+generator, as a shuffling DataLoader's does).
+
+**Signals.**  While a run with a checkpoint trains (in the main thread), SIGINT (Ctrl-C) and
+SIGTERM end the current step, write the checkpoint and raise :class:`TrainingInterrupted` (a
+:class:`KeyboardInterrupt`) saying where; a second signal interrupts at once.
+
+**A loaded or trained model continues.**  ``prepare="auto"`` (the default) calls
+``model.prepare`` only for a model that :func:`fit` has not prepared or trained before and that
+was not loaded from a file (:func:`mdnkit.io.load` marks what it loads, see :func:`is_trained`),
+so calling ``fit`` again continues from the model's weights; ``prepare=True`` re-prepares
+(for :class:`~mdnkit.MDN`: re-initialises the head), ``False`` never does.
+
+**Data-parallel training** (:mod:`mdnkit.distributed`).  Under ``torchrun`` (any launcher that
+sets ``WORLD_SIZE`` > 1 and the rendezvous variables) ``fit`` joins the process group and trains
+data-parallel: every rank takes its rank-strided share of the same per-epoch permutation in
+batches of ``batch_size`` rows (the global batch is ``batch_size`` times the number of
+processes; the learning rate is not scaled), the gradients are averaged over the global batch by
+one all-reduce per step (of the fast step's one flat gradient, or of autograd's gradients in
+one buffer: the model is not wrapped in DistributedDataParallel because ``fit`` calls
+``model.loss``, not ``forward``), the NLLs are reduced as sums and counts, so NaN rollback, the
+schedule and early stopping decide alike on every rank, and only rank 0 writes checkpoints and
+shows progress.  Dropout draws from torch's RNG seeded with ``seed + rank``.  A DataLoader must
+then use a :class:`~torch.utils.data.distributed.DistributedSampler` (``fit`` calls its
+``set_epoch``).
 """
 
 from __future__ import annotations
@@ -56,7 +96,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -69,16 +112,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checks import choice, number, positive_int
+from .distributed import DataParallel, environment_world_size
 from .options import LRSchedule, Optimizer
 
 if TYPE_CHECKING:
     from .fast import FastStep
 
-__all__ = ["fit", "History"]
+__all__ = ["fit", "History", "TrainingInterrupted", "is_trained", "mark_trained"]
 
 _MAX_FAILURES = 6
 _PREPARE_MAX_ROWS = 200_000
-_CHECKPOINT_INTERVAL_S = 5.0
+_STATE_KIND = "mdnkit.fit"  # what a checkpoint's training state is, and its version
+_STATE_VERSION = 1
+_TRAINED = "mdnkit_trained"  # the attribute that marks a prepared, trained or loaded model
+#: settings a resumed run may change (the others shape the run and must match)
+_RESUME_MAY_CHANGE = ("epochs", "patience")
 _VAL_CHUNK = 131_072  # validation rows evaluated in one call
 _SHUFFLE_COPY_BYTES = 256 << 20  # training data up to this size is shuffled by one copy an epoch
 _SMALL_WORK = 2_000_000  # parameters x batch size below which the CPU loop uses one thread
@@ -299,6 +347,58 @@ class _Snapshot:
             for p, st in self.opt.items():
                 opt.state[p] = {k: v.clone() if isinstance(v, Tensor) else v for k, v in st.items()}
 
+    def as_state(self, opt: torch.optim.Optimizer | None) -> dict[str, Any]:
+        """For a checkpoint: the model's tensors and the optimiser's state keyed by the
+        parameters' positions in ``opt`` (as in its ``state_dict``)."""
+        index = {id(p): i for i, p in enumerate(_optimised(opt))} if opt is not None else {}
+        moments = None
+        if self.opt is not None:
+            moments = {index[id(p)]: st for p, st in self.opt.items()}
+        return {"model": self.model, "optimizer": moments}
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], opt: torch.optim.Optimizer | None, device: torch.device
+    ) -> _Snapshot:
+        """The inverse of :meth:`as_state`, its tensors moved to ``device``."""
+        snap = cls.__new__(cls)
+        snap.model = {k: v.to(device) for k, v in state["model"].items()}
+        snap.opt = None
+        if state.get("optimizer") is not None and opt is not None:
+            params = _optimised(opt)
+            snap.opt = {
+                params[int(i)]: {
+                    k: v.to(device) if isinstance(v, Tensor) else v for k, v in st.items()
+                }
+                for i, st in state["optimizer"].items()
+            }
+        return snap
+
+
+def _optimised(opt: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters of ``opt`` in the order its ``state_dict`` numbers them."""
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def is_trained(model: nn.Module) -> bool:
+    """Whether :func:`fit` has prepared or trained ``model`` before, or :func:`mdnkit.io.load`
+    loaded it (:func:`mark_trained`): ``fit(..., prepare="auto")`` then does not call
+    ``model.prepare`` again.
+
+    Example:
+        >>> from mdnkit import MDN
+        >>> model = MDN(1, 1, hidden=(4,), num_components=2)
+        >>> is_trained(model), is_trained(mark_trained(model))
+        (False, True)
+    """
+    return bool(getattr(model, _TRAINED, False))
+
+
+def mark_trained(model: nn.Module) -> nn.Module:
+    """Mark ``model`` as holding meaningful weights (see :func:`is_trained`); returns it."""
+    object.__setattr__(model, _TRAINED, True)
+    return model
+
 
 def _make_optimizer(
     name: str, params: list[nn.Parameter], lr: float, weight_decay: float, device: torch.device
@@ -448,7 +548,10 @@ class TrainingData:
     """The data of a run: the training tensors (``train``, on the device) or a DataLoader
     (``loader``), the validation data (``val``: tensors, a DataLoader or None), the ``device``
     and float ``dtype`` batches are moved to, and the ``generator`` whose state orders the
-    in-memory batches (a DataLoader orders its own)."""
+    in-memory batches (a DataLoader orders its own).  ``seed`` is the generator's seed,
+    ``rows`` the training and validation rows (None for a DataLoader), ``parallel`` the
+    data-parallel setting (None: one process) and ``epoch_rng`` the RNG states a DataLoader's
+    epoch started from (:meth:`begin_epoch`)."""
 
     def __init__(
         self,
@@ -461,6 +564,13 @@ class TrainingData:
     ) -> None:
         self.train, self.loader, self.val = train, loader, val
         self.device, self.dtype, self.generator = device, dtype, generator
+        self.seed: int | None = None
+        self.parallel: DataParallel | None = None
+        self.epoch_rng: dict[str, Any] | None = None
+        self.rows: list[int] | None = None
+        if train is not None:
+            n_val = int(val[0].shape[0]) if isinstance(val, tuple) else 0
+            self.rows = [int(train[0].shape[0]), n_val]
 
     @classmethod
     def from_arguments(
@@ -512,6 +622,25 @@ class TrainingData:
         model.prepare(*tensors)
         model.to(self.device)
 
+    def share(self, parallel: DataParallel | None) -> None:
+        """Train data-parallel: this rank's rank-strided share of the validation rows (the
+        training rows are shared out per epoch by :meth:`batches`); a DataLoader must use a
+        DistributedSampler (every rank then runs the same number of steps)."""
+        self.parallel = parallel
+        if parallel is None:
+            return
+        if self.loader is not None:
+            sampler = getattr(self.loader, "batch_sampler", None)
+            sampler = getattr(sampler, "sampler", None) or getattr(self.loader, "sampler", None)
+            if not isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+                raise ValueError(
+                    "data-parallel training from a DataLoader needs "
+                    "sampler=torch.utils.data.distributed.DistributedSampler(dataset) (so that "
+                    f"every rank runs the same number of steps), found {type(sampler).__name__}"
+                )
+        if isinstance(self.val, tuple):
+            self.val = tuple(t[parallel.rank :: parallel.world] for t in self.val)
+
     def to_device(self) -> None:
         """The in-memory training and validation tensors moved to the device."""
         if self.train is not None:
@@ -528,35 +657,83 @@ class TrainingData:
         if self.train is not None:
             self.generator.set_state(state)
 
-    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
-        """One epoch's batches, on the device: a shuffled permutation of the in-memory rows
-        (drawn when the first batch is), or the loader's batches."""
+    def begin_epoch(self) -> None:
+        """Remember the RNG states a DataLoader's epoch starts from (a mid-epoch resume replays
+        its first batches from them)."""
+        if self.loader is not None:
+            own = getattr(self.loader, "generator", None)
+            self.epoch_rng = {
+                "torch": torch.get_rng_state(),
+                "loader": own.get_state() if own is not None else None,
+            }
+
+    def batches(
+        self, batch_size: int, skip: int = 0, epoch: int = 0
+    ) -> Iterator[tuple[Tensor, ...]]:
+        """One epoch's batches, on the device, after the first ``skip`` (a resumed epoch): a
+        shuffled permutation of the in-memory rows (drawn when the first batch is; data-parallel:
+        this rank's rank-strided share of it, padded with empty batches to the steps of the
+        largest share), or the loader's batches."""
         if self.train is None:
-            assert self.loader is not None
-            for batch in self.loader:
-                yield _move(batch, self.device, self.dtype)
+            yield from self._loader_batches(skip, epoch)
             return
         train = self.train
         n = int(train[0].shape[0])
         perm = torch.randperm(n, generator=self.generator).to(self.device)
-        if n <= batch_size or sum(t.nbytes for t in train) <= _SHUFFLE_COPY_BYTES:
+        par = self.parallel
+        if par is not None:
+            perm = perm[par.rank :: par.world]
+        m = int(perm.shape[0])
+        if m <= batch_size or sum(t.nbytes for t in train) <= _SHUFFLE_COPY_BYTES:
             # one shuffled copy per epoch, then contiguous slices: the same batches as
             # indexing each one, for two kernels an epoch instead of two a batch
             shuffled = tuple(t[perm] for t in train)
-            for i in range(0, n, batch_size):
+            for i in range(skip * batch_size, m, batch_size):
                 yield tuple(t[i : i + batch_size] for t in shuffled)
-            return
-        for idx in perm.split(batch_size):
-            yield tuple(t[idx] for t in train)
+        else:
+            for idx in perm.split(batch_size)[skip:]:
+                yield tuple(t[idx] for t in train)
+        if par is not None:
+            steps = _ceil_div(_ceil_div(n, par.world), batch_size)  # the largest share's
+            for _ in range(steps - max(skip, _ceil_div(m, batch_size))):
+                yield tuple(t[:0] for t in train)
+
+    def _loader_batches(self, skip: int, epoch: int) -> Iterator[tuple[Tensor, ...]]:
+        assert self.loader is not None
+        sampler = getattr(self.loader, "sampler", None)
+        if self.parallel is not None and callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+        if skip and self.epoch_rng is not None:
+            # a resumed epoch: the loader's order as it was drawn at the epoch's start
+            now = torch.get_rng_state()
+            torch.set_rng_state(self.epoch_rng["torch"])
+            own = getattr(self.loader, "generator", None)
+            if own is not None and self.epoch_rng.get("loader") is not None:
+                own.set_state(self.epoch_rng["loader"])
+            it = iter(self.loader)
+            for _ in range(skip):
+                next(it, None)
+            torch.set_rng_state(now)
+        else:
+            it = iter(self.loader)
+            for _ in range(skip):
+                next(it, None)
+        for batch in it:
+            yield _move(batch, self.device, self.dtype)
 
     def evaluate(self, model: nn.Module) -> float | None:
-        """The model's mean NLL on the validation data, in evaluation mode (None without any);
-        the model is left in training mode."""
+        """The model's mean NLL on the validation data, in evaluation mode (None without any;
+        data-parallel: the sum over every rank's rows over their count); the model is left in
+        training mode."""
         if self.val is None:
             return None
         model.eval()
         with torch.no_grad():
-            out = self._mean_loss(model, self.val)
+            if self.parallel is None:
+                out = self._mean_loss(model, self.val)
+            else:
+                total, count = self.parallel.sum(self._loss_sum(model, self.val))
+                out = total / count if count else math.nan
         model.train()
         return out
 
@@ -565,20 +742,30 @@ class TrainingData:
             n = int(val[0].shape[0])
             if n <= _VAL_CHUNK:
                 return float(model.loss(*val))  # one batch: one call, one synchronisation
-            total = 0.0  # very large: chunks, weighted by their rows
+        total, count = self._loss_sum(model, val)
+        if count == 0:
+            raise ValueError("the validation DataLoader yielded no batches")
+        return total / count
+
+    def _loss_sum(
+        self, model: nn.Module, val: tuple[Tensor, ...] | DataLoader
+    ) -> tuple[float, int]:
+        """The NLL summed over the validation rows (chunks weighted by their rows), and the
+        number of rows."""
+        if isinstance(val, tuple):
+            n = int(val[0].shape[0])
+            total = 0.0
             for i in range(0, n, _VAL_CHUNK):
                 chunk = tuple(t[i : i + _VAL_CHUNK] for t in val)
                 total += float(model.loss(*chunk)) * int(chunk[0].shape[0])
-            return total / n
+            return total, n
         total, count = 0.0, 0
         for batch in val:
             b = _move(batch, self.device, self.dtype)
             rows = _batch_size(b)
             total += float(model.loss(*b)) * rows
             count += rows
-        if count == 0:
-            raise ValueError("the validation DataLoader yielded no batches")
-        return total / count
+        return total, count
 
 
 class Optimisation:
@@ -645,6 +832,43 @@ class Optimisation:
         elif self.scheduler is not None:
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser's and the schedule's state (for a checkpoint)."""
+        sched = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": sched}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch has gone: the ``batches`` done, the loss summed over them (weighted by
+    their rows, ``total``) and the sum of their gradient norms (``norms``), both 0-dim float64
+    tensors on the device, and the rows seen (``count``)."""
+
+    total: Tensor
+    norms: Tensor
+    count: int = 0
+    batches: int = 0
+
+    @classmethod
+    def start(cls, device: torch.device) -> EpochPosition:
+        """The position before an epoch's first batch."""
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return cls(zero, zero.clone())
+
+
+#: Called after every step with the position and whether the ranks asked to stop; True stops
+#: the epoch there.
+AfterStep = Callable[[EpochPosition, bool], bool]
+#: Averages the gradients of the data-parallel ranks (parameters, this rank's rows); returns
+#: whether any rank asked to stop.
+GradientSync = Callable[[Sequence[Tensor], int], bool]
+
 
 class EpochStep:
     """One pass over the training batches: per batch the loss and its gradients (``fast``, the
@@ -681,36 +905,70 @@ class EpochStep:
         return tuple(self.fast.prepare(*train))
 
     def run(
-        self, batches: Iterator[tuple[Tensor, ...]], optim: Optimisation, device: torch.device
-    ) -> tuple[float, bool]:
-        """Train on ``batches``: the epoch's mean loss (weighted by batch size) and whether it
-        and every gradient norm were finite."""
+        self,
+        batches: Iterator[tuple[Tensor, ...]],
+        optim: Optimisation,
+        device: torch.device,
+        position: EpochPosition | None = None,
+        sync: GradientSync | None = None,
+        after_step: AfterStep | None = None,
+    ) -> tuple[EpochPosition, bool]:
+        """Train on ``batches`` from ``position`` (default: the epoch's start): where the epoch
+        got to, and whether ``after_step`` stopped it early.  ``sync`` (data-parallel) averages
+        the gradients over the ranks before clipping; a batch without rows (a rank whose share
+        has run out) then contributes zeros."""
         fast, model, params = self.fast, self.model, self.parameters
         opt, update = optim.optimizer, optim.update
         clip = optim.clip if optim.clip_norm is not None else None
+        pos = position if position is not None else EpochPosition.start(device)
         # Accumulated on the device and read once per epoch: no per-step synchronisation.
         # A NaN/inf loss or gradient norm anywhere makes its sum non-finite.
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        norms = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
+        total, norms, count, done = pos.total, pos.norms, pos.count, pos.batches
+        stop = False
         for batch in batches:
-            if fast is not None:
+            n = _batch_size(batch)
+            if sync is not None and n == 0:
+                loss = self._no_rows(device)
+            elif fast is not None:
                 # same loss, hand-written gradients (written over, so no zero_grad is needed)
                 loss = fast(*batch)
             else:
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(*batch)
                 loss.backward()
+            if sync is not None:
+                stop = sync(params, n)
             if clip is not None:
                 norms.add_(clip(params))
-            n = _batch_size(batch)
             total.add_(loss.detach(), alpha=n)
             count += n
             update()
+            if after_step is not None:
+                done += 1
+                pos.count, pos.batches = count, done
+                if after_step(pos, stop):
+                    return pos, True
+        pos.count = count
+        return pos, False
+
+    def _no_rows(self, device: torch.device) -> Tensor:
+        """A step on no rows: zero gradients (a 0 loss)."""
+        for p in self.parameters:
+            if p.grad is not None:
+                p.grad.zero_()
+        return torch.zeros((), device=device)
+
+    @staticmethod
+    def result(position: EpochPosition, parallel: DataParallel | None) -> tuple[float, bool]:
+        """An epoch's mean loss (weighted by batch size; data-parallel: over every rank's rows)
+        and whether it and every gradient norm were finite."""
+        total, norms, count = float(position.total), float(position.norms), position.count
+        if parallel is not None:
+            total, count, norms = parallel.sum([total, float(count), norms])
         if count == 0:
             raise ValueError("the training data yielded no batches")
-        nll = float(total) / count
-        return nll, math.isfinite(nll) and math.isfinite(float(norms))
+        nll = total / count
+        return nll, math.isfinite(nll) and math.isfinite(norms)
 
 
 class NaNRollback:
@@ -729,6 +987,11 @@ class NaNRollback:
         """Remember the state an epoch starts from."""
         self._good = _Snapshot(model, optim.optimizer)
         self._order = data.order_state()
+
+    @property
+    def epoch_order(self) -> Tensor | None:
+        """The batch-order state the current epoch started from."""
+        return self._order
 
     def succeeded(self) -> None:
         """The epoch was finite."""
@@ -750,6 +1013,22 @@ class NaNRollback:
                 "values, or lower lr"
             )
         data.restore_order(self._order)
+
+    def state_dict(self, optim: Optimisation, mid_epoch: bool) -> dict[str, Any]:
+        """The failures in a row and, in the middle of an epoch, the state it started from."""
+        start = None
+        if mid_epoch and self._good is not None:
+            start = self._good.as_state(optim.optimizer)
+        return {"failures": self.failures, "start": start, "order": self._order}
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], optim: Optimisation, device: torch.device
+    ) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.failures = int(state["failures"])
+        if state.get("start") is not None:
+            self._good = _Snapshot.from_state(state["start"], optim.optimizer, device)
+            self._order = state["order"]
 
 
 class Monitor:
@@ -802,19 +1081,83 @@ class Monitor:
         if self.best_state is not None:
             self.best_state.restore(model, None)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history and the counters (the best weights go into the checkpoint's model)."""
+        return {
+            "history": self.history.as_dict(),
+            "best": self.best,
+            "since_best": self.since_best,
+            "has_best": self.best_state is not None,
+        }
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], best_weights: Mapping[str, Tensor], device: torch.device
+    ) -> None:
+        """Continue from :meth:`state_dict` and the best weights."""
+        self.history = History.from_dict(state["history"])
+        self.best = float(state["best"])
+        self.since_best = int(state["since_best"])
+        self.best_state = None
+        if state["has_best"]:
+            self.best_state = _Snapshot.from_state({"model": dict(best_weights)}, None, device)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:func:`fit` stopped by SIGINT (Ctrl-C) or SIGTERM: the current step was finished and the
+    whole training state written to ``checkpoint`` (resume with ``fit(..., resume=...)``).  A
+    :class:`KeyboardInterrupt`, so ``except KeyboardInterrupt`` catches it; ``signal`` is the
+    signal's number, ``epoch`` the completed epochs and ``step`` the optimiser steps taken."""
+
+    def __init__(self, signum: int, checkpoint: str | os.PathLike | None, epoch: int, step: int):
+        self.signal, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+        name = signal.Signals(signum).name
+        where = f"; checkpoint written to {os.fspath(checkpoint)}" if checkpoint else ""
+        super().__init__(f"training stopped by {name} in epoch {epoch + 1}, step {step}{where}")
+
+
+class StopSignals:
+    """While entered (in the main thread, when ``enabled``): SIGINT and SIGTERM set
+    ``received`` (the run stops after its current step); a second signal raises
+    :class:`KeyboardInterrupt` at once.  The previous handlers come back on exit."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
+        self._previous.clear()
+
 
 class Checkpointer:
-    """The best model on disk at ``path`` (None: nowhere), saved with :func:`mdnkit.io.save`
-    (atomic) after an improvement at most every ``interval`` seconds, and once at the end;
-    ``dirty`` says an improvement is not on disk yet, ``last`` when it last wrote."""
+    """The run's checkpoint at ``path`` (None: none): the whole training state, written with
+    :func:`mdnkit.io.save_checkpoint` (atomic) at the end of every epoch and every ``every``
+    optimiser steps (None: only at epoch ends), by rank 0 only (``writes``); its model is the
+    best one so far."""
 
     def __init__(
-        self, path: str | os.PathLike | None, interval: float = _CHECKPOINT_INTERVAL_S
+        self, path: str | os.PathLike | None, every: int | None = None, writes: bool = True
     ) -> None:
         self.path = path
-        self.interval = interval
-        self.last = -math.inf
-        self.dirty = False
+        self.every = every
+        self.writes = writes
 
     def check(self, model: nn.Module) -> None:
         """A TypeError now, rather than after training, if ``model`` cannot be saved."""
@@ -823,33 +1166,47 @@ class Checkpointer:
 
             io.saveable_class_name(model)
 
-    def after_epoch(self, model: nn.Module, monitor: Monitor, improved: bool) -> None:
-        """Save the best weights if they changed and the last write is old enough."""
-        self.dirty = self.dirty or improved
-        if self.path is None or not self.dirty:
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.interval:
-            _save_checkpoint(model, monitor.best_state, self.path, monitor.history)
-            self.last, self.dirty = now, False
+    def due(self, step: int) -> bool:
+        """Whether the ``step``-th optimiser step (counted from the run's start) is followed
+        by a write."""
+        return self.every is not None and step % self.every == 0
 
-    def finish(self, model: nn.Module, monitor: Monitor) -> None:
-        """The final write (``model`` holds the best weights by now)."""
-        if self.path is not None and monitor.best_state is not None:
-            _save_checkpoint(model, None, self.path, monitor.history)
+    def write(self, run: TrainingRun, position: EpochPosition | None = None) -> None:
+        """Write ``run``'s state (``position``: in the middle of an epoch); every rank must call
+        this (the RNG states are gathered from all of them)."""
+        if self.path is None:
+            return
+        rng = run.rng_states()
+        if not self.writes:
+            return
+        from . import io
+
+        state = run.state_dict(position, rng)
+        best = run.monitor.best_state
+        h = run.monitor.history.as_dict()
+        meta = {
+            "best_epoch": h["best_epoch"],
+            "best_nll": h["best_nll"],
+            "monitor": h["monitor"],
+            "epoch": run.epoch,
+            "step": state["steps"],
+        }
+        weights = best.model if best is not None else run.model.state_dict()
+        io.save_checkpoint(run.model, self.path, state, weights=weights, metadata=meta)
 
 
 class Progress:
-    """The tqdm bar with the live NLLs (``show`` None: when stderr is a terminal)."""
+    """The tqdm bar with the live NLLs (``show`` None: when stderr is a terminal), starting at
+    ``initial`` epochs."""
 
-    def __init__(self, show: bool | None, epochs: int) -> None:
+    def __init__(self, show: bool | None, epochs: int, initial: int = 0) -> None:
         if show is None:
             show = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.bar: Any = None
         if show:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=True)
+            self.bar = tqdm(total=epochs, initial=initial, desc="fit", unit="epoch", leave=True)
 
     def update(self, train_nll: float, val_nll: float | None, best: float) -> None:
         """One epoch done."""
@@ -867,13 +1224,47 @@ class Progress:
             self.bar.close()
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _rng_state(device: torch.device, python_numpy: bool) -> dict[str, Any]:
+    """This process's RNG states: torch's, CUDA's on a CUDA ``device`` and, when asked,
+    Python's and NumPy's."""
+    out: dict[str, Any] = {"torch": torch.get_rng_state(), "cuda": None}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    if python_numpy:
+        name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+        out["python"] = random.getstate()
+        out["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    return out
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """The inverse of :func:`_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if state.get("python") is not None:
+        random.setstate(state["python"])
+    if state.get("numpy") is not None:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        state_np = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+        np.random.set_state(state_np)  # noqa: NPY002
+
+
 class TrainingRun:
     """One call of :func:`fit`: its parts and the epoch loop over them.
 
-    The run's state is in its parts and in :attr:`epoch` (completed epochs): ``data.generator``
-    orders the batches, ``optim`` holds the optimiser and schedule, ``monitor`` the history and
-    the best weights, ``rollback`` the failures in a row, ``checkpoints`` what is on disk.
-    Around the loop, the global RNG (dropout) is forked and seeded with ``seed`` when given.
+    The run's state is in its parts and in :attr:`epoch` (completed epochs), :attr:`steps`
+    (optimiser steps in them) and :attr:`stopped` (early stopping or the callback ended it):
+    ``data.generator`` orders the batches, ``optim`` holds the optimiser and schedule,
+    ``monitor`` the history and the best weights, ``rollback`` the failures in a row,
+    ``checkpoints`` what is on disk, ``parallel`` the data-parallel setting (None: one process).
+    :meth:`state_dict` gathers it for a checkpoint and :meth:`load_state` continues from one.
+    Around the loop, the global RNG (dropout) is forked and seeded with ``seed`` (plus the rank)
+    when given, or set from the checkpoint when resuming.
     """
 
     def __init__(
@@ -888,13 +1279,14 @@ class TrainingRun:
         checkpoints: Checkpointer | None = None,
         progress: Progress | None = None,
         callback: Callable[[int, History], Any] | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.data = data
         self.step = step
         self.optim = optim
-        self.seed = seed
+        self.seed = int(seed) if seed is not None else None
         self.rollback = NaNRollback()
         self.monitor = Monitor(
             "val_nll" if data.val is not None else "train_nll", settings.patience
@@ -902,7 +1294,15 @@ class TrainingRun:
         self.checkpoints = checkpoints if checkpoints is not None else Checkpointer(None)
         self.progress = progress if progress is not None else Progress(False, settings.epochs)
         self.callback = callback
+        self.parallel = parallel
         self.epoch = 0
+        self.steps = 0
+        self.stopped = False
+        self.signals = StopSignals(self.checkpoints.path is not None)
+        self.seconds_before = 0.0
+        self._started: float | None = None
+        self._position: EpochPosition | None = None  # where a resumed epoch continues
+        self._rng: Mapping[str, Any] | None = None  # the RNG states a resumed run starts with
 
     @classmethod
     def build(
@@ -916,102 +1316,370 @@ class TrainingRun:
         seed: int | None = None,
         device: str | torch.device | None = None,
         checkpoint: str | os.PathLike | None = None,
-        prepare: bool = True,
+        checkpoint_every: int | None = None,
+        resume: str | os.PathLike | bool | None = None,
+        prepare: bool | Literal["auto"] = "auto",
         progress: bool | None = None,
         callback: Callable[[int, History], Any] | None = None,
     ) -> TrainingRun:
         """The run :func:`fit` makes of its (checked) arguments: the model moved to ``device``
-        and prepared on the training split, the step and the optimiser chosen."""
-        checkpoints = Checkpointer(checkpoint)
-        checkpoints.check(model)
-        dev = torch.device(device) if device is not None else _model_device(model)
+        and prepared on the training split (or set from the checkpoint it resumes), the process
+        group joined when the environment asks for data-parallel training, the step and the
+        optimiser chosen."""
+        Checkpointer(checkpoint).check(model)
+        resumed = _read_resume(resume, checkpoint)
+        dev = _run_device(device, model)
         model.to(dev)
-        dtype = _model_dtype(model)
-        gen = torch.Generator()
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, (1,))))
-        data = TrainingData.from_arguments(
-            x, y, validation_data, settings.validation_split, dev, dtype, gen
-        )
-        if prepare and callable(getattr(model, "prepare", None)):
-            data.prepare(model)
-        data.to_device()
-        step = EpochStep.for_model(model, data.train)
-        optim = Optimisation.build(settings, step.parameters, dev, direct=step.fast is not None)
-        return cls(
-            model,
-            settings,
-            data,
-            step,
-            optim,
-            seed=seed,
-            checkpoints=checkpoints,
-            progress=Progress(progress, settings.epochs),
-            callback=callback,
-        )
+        parallel = DataParallel.from_environment(dev)
+        try:
+            data = _run_data(model, x, y, settings, validation_data, seed, dev, parallel, resumed)
+            if resumed is not None:
+                _check_resume(resumed, settings, data, parallel, seed)
+                _load_model(model, resumed)
+            elif _should_prepare(model, prepare):
+                data.prepare(model)
+            mark_trained(model)
+            data.share(parallel)
+            data.to_device()
+            if parallel is not None:
+                parallel.broadcast_module(model)
+            step = EpochStep.for_model(model, data.train)
+            optim = Optimisation.build(settings, step.parameters, dev, direct=step.fast is not None)
+            main = parallel is None or parallel.is_main
+            initial = int(resumed[2]["epoch"]) if resumed is not None else 0
+            run = cls(
+                model, settings, data, step, optim, seed=seed, callback=callback,
+                checkpoints=Checkpointer(checkpoint, checkpoint_every, writes=main),
+                progress=Progress(progress if main else False, settings.epochs, initial),
+                parallel=parallel,
+            )  # fmt: skip
+            if resumed is not None:
+                run.load_state(resumed[1], resumed[2])
+        except BaseException:
+            if parallel is not None:
+                parallel.close()
+            raise
+        return run
 
     def train(self) -> History:
         """Run the epochs; the :class:`History`.  The model is left with the best weights, in
         the training mode it had."""
-        model, history = self.model, self.monitor.history
+        model = self.model
         was_training = model.training
         seeded = self.seed is not None
         dev = self.data.device
-        start = time.perf_counter()
+        start = self._started = time.perf_counter()
         try:
             with (
                 _few_threads(model, self.settings.batch_size, dev),
                 self.step.attached(),
-                torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [], enabled=seeded),
+                torch.random.fork_rng(
+                    devices=[dev] if dev.type == "cuda" else [],
+                    enabled=seeded or self._rng is not None,
+                ),
+                self.signals,
             ):
-                if seeded:
-                    torch.manual_seed(int(self.seed))
+                self._seed_rng()
                 self.data.train = self.step.prepare(self.data.train)
                 self._epochs()
         finally:
             self.progress.close()
             model.train(was_training)
-            history.seconds = time.perf_counter() - start
-        return history
+            self.monitor.history.seconds = self.seconds_before + time.perf_counter() - start
+        return self.monitor.history
+
+    def close(self) -> None:
+        """Leave the process group if the run joined it."""
+        if self.parallel is not None:
+            self.parallel.close()
+
+    def _seed_rng(self) -> None:
+        rank = self.parallel.rank if self.parallel is not None else 0
+        saved = self._rng
+        if saved is not None and rank < len(saved["torch"]):
+            cuda = saved.get("cuda")
+            own = {
+                "torch": saved["torch"][rank],
+                "cuda": cuda[rank] if cuda is not None and rank < len(cuda) else None,
+                "python": saved.get("python"),
+                "numpy": saved.get("numpy"),
+            }
+            _set_rng_state(own, self.data.device)
+        elif self.seed is not None:
+            torch.manual_seed(self.seed + rank)
 
     def _epochs(self) -> None:
         self.model.train()
-        while self.epoch < self.settings.epochs:
+        while self.epoch < self.settings.epochs and not self.stopped:
             train_nll = self._train_epoch()
             if train_nll is not None and self._end_epoch(train_nll):
                 break
         self.monitor.restore_best(self.model)
-        self.checkpoints.finish(self.model, self.monitor)
 
     def _train_epoch(self) -> float | None:
-        """One pass over the batches: its mean loss, or None when it was not finite and was
-        rolled back (the epoch is then repeated)."""
-        self.rollback.begin(self.model, self.optim, self.data)
-        batches = self.data.batches(self.settings.batch_size)
-        nll, finite = self.step.run(batches, self.optim, self.data.device)
+        """One pass over the batches (from where a resumed epoch was): its mean loss, or None
+        when it was not finite and was rolled back (the epoch is then repeated)."""
+        pos, self._position = self._position, None
+        if pos is None:
+            self.rollback.begin(self.model, self.optim, self.data)
+            self.data.begin_epoch()
+        skip = pos.batches if pos is not None else 0
+        batches = self.data.batches(self.settings.batch_size, skip, self.epoch)
+        sync = self._sync if self.parallel is not None else None
+        after = self._after_step if self.checkpoints.path is not None else None
+        pos, interrupted = self.step.run(batches, self.optim, self.data.device, pos, sync, after)
+        if interrupted:
+            self._interrupt(pos)
+        nll, finite = self.step.result(pos, self.parallel)
         if finite:
             self.rollback.succeeded()
+            self.steps += pos.batches
             return nll
         self.monitor.history.nan_recoveries += 1
         self.rollback.recover(self.model, self.optim, self.data, self.epoch)
         return None
+
+    def _sync(self, params: Sequence[Tensor], rows: int) -> bool:
+        """Average the gradients over the ranks; whether any rank was asked to stop."""
+        assert self.parallel is not None
+        flag = 1.0 if self.signals.received is not None else 0.0
+        votes = self.parallel.average(params, rows, flag)
+        return self.signals.enabled and float(votes) > 0
+
+    def _after_step(self, pos: EpochPosition, stop: bool) -> bool:
+        """After each step of a run with a checkpoint: whether to stop (a signal), else the
+        checkpoint when it is due."""
+        if stop or (self.parallel is None and self.signals.received is not None):
+            return True
+        if self.checkpoints.due(self.steps + pos.batches):
+            self.checkpoints.write(self, pos)
+        return False
+
+    def _interrupt(self, pos: EpochPosition | None) -> None:
+        """Write the checkpoint and raise :class:`TrainingInterrupted`."""
+        self.checkpoints.write(self, pos)
+        signum = self.signals.received or signal.SIGINT
+        step = self.steps + (pos.batches if pos is not None else 0)
+        raise TrainingInterrupted(signum, self.checkpoints.path, self.epoch, step)
 
     def _end_epoch(self, train_nll: float) -> bool:
         """Validate, record, schedule, report and checkpoint a finished epoch; whether training
         stops (the callback said so, or patience ran out)."""
         lr = self.optim.lr
         val_nll = self.data.evaluate(self.model)
-        monitored, improved = self.monitor.record(self.model, self.epoch, train_nll, val_nll, lr)
+        monitored, _ = self.monitor.record(self.model, self.epoch, train_nll, val_nll, lr)
         self.optim.after_epoch(monitored)
         self.progress.update(train_nll, val_nll, self.monitor.best)
-        self.checkpoints.after_epoch(self.model, self.monitor, improved)
         self.epoch += 1
         history = self.monitor.history
-        if self.callback is not None and self.callback(self.epoch - 1, history):
-            return True
-        if self.monitor.out_of_patience():
+        stop = bool(self.callback is not None and self.callback(self.epoch - 1, history))
+        if self.parallel is not None and self.callback is not None:
+            stop = self.parallel.any(stop)  # every rank stops if one's callback says so
+        if not stop and self.monitor.out_of_patience():
             history.stopped_early = self.epoch < self.settings.epochs
-            return True
+            stop = True
+        self.stopped = stop
+        if self.checkpoints.path is not None:
+            self.checkpoints.write(self)
+            asked = self.signals.received is not None
+            if self.parallel is not None:
+                asked = self.parallel.any(asked)
+            if asked:
+                signum = self.signals.received or signal.SIGINT
+                raise TrainingInterrupted(signum, self.checkpoints.path, self.epoch, self.steps)
+        return stop
+
+    # ------------------------------------------------------------------ checkpoints
+    def rng_states(self) -> dict[str, Any]:
+        """Every rank's RNG states (a collective when data-parallel): torch's and CUDA's per
+        rank and, for a single-process run from a DataLoader, Python's and NumPy's."""
+        one = self.parallel is None
+        own = _rng_state(self.data.device, python_numpy=one and self.data.loader is not None)
+        if one:
+            cuda = [own["cuda"]] if own["cuda"] is not None else None
+            return {**own, "torch": [own["torch"]], "cuda": cuda}
+        assert self.parallel is not None
+        cuda = self.parallel.gather(own["cuda"]) if own["cuda"] is not None else None
+        return {"torch": self.parallel.gather(own["torch"]), "cuda": cuda}
+
+    def state_dict(self, position: EpochPosition | None, rng: Mapping[str, Any]) -> dict[str, Any]:
+        """The whole training state (``position``: within the current epoch; None at an
+        epoch's end) with the RNG states ``rng`` (:meth:`rng_states`), for a checkpoint."""
+        mid = position is not None
+        pos = None
+        if position is not None:
+            pos = {
+                "batches": position.batches,
+                "total": position.total,
+                "norms": position.norms,
+                "count": position.count,
+                "loader_rng": self.data.epoch_rng,
+            }
+        elapsed = time.perf_counter() - self._started if self._started is not None else 0.0
+        return {
+            "kind": _STATE_KIND,
+            "version": _STATE_VERSION,
+            "settings": asdict(self.settings),
+            "seed": self.seed,
+            "data_seed": self.data.seed,
+            "rows": self.data.rows,
+            "world": self.parallel.world if self.parallel is not None else 1,
+            "epoch": self.epoch,
+            "steps": self.steps + (position.batches if position is not None else 0),
+            "stopped": self.stopped,
+            "seconds": self.seconds_before + elapsed,
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "rollback": self.rollback.state_dict(self.optim, mid),
+            "order": self.rollback.epoch_order if mid else self.data.order_state(),
+            "position": pos,
+            "rng": dict(rng),
+        }
+
+    def load_state(self, weights: Mapping[str, Tensor], state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's best ``weights`` and training ``state`` (the model's own
+        weights are set by :meth:`build`)."""
+        dev = self.data.device
+        pos = state.get("position")
+        self.epoch = int(state["epoch"])
+        self.stopped = bool(state["stopped"])
+        self.steps = int(state["steps"]) - (int(pos["batches"]) if pos is not None else 0)
+        self.seconds_before = float(state["seconds"])
+        self.optim.load_state_dict(state["optim"])
+        self.monitor.load_state_dict(state["monitor"], weights, dev)
+        self.rollback.load_state_dict(state["rollback"], self.optim, dev)
+        self.data.generator.set_state(state["order"])
+        if pos is not None:
+            total, norms = pos["total"].to(dev), pos["norms"].to(dev)
+            self._position = EpochPosition(total, norms, int(pos["count"]), int(pos["batches"]))
+            self.data.epoch_rng = pos.get("loader_rng")
+        self._rng = state["rng"]
+
+
+# ---------------------------------------------------------------------- building a run
+Resumed = tuple[str, dict[str, Tensor], dict[str, Any]]
+
+
+def _read_resume(
+    resume: str | os.PathLike | bool | None, checkpoint: str | os.PathLike | None
+) -> Resumed | None:
+    """(path, best weights, training state) of the checkpoint to resume, or None: ``resume``
+    None or False, or True while ``checkpoint`` does not exist yet (a fresh start)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        if checkpoint is None:
+            raise ValueError("resume=True resumes from checkpoint=PATH, but checkpoint is None")
+        if not os.path.exists(checkpoint):
+            return None
+        resume = checkpoint
+    if not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"resume must be a path, True or None, found {type(resume).__name__}")
+    from . import io
+
+    path = os.fspath(resume)
+    weights, state = io.load_checkpoint(path)
+    if state.get("kind") != _STATE_KIND or not isinstance(state.get("version"), int):
+        raise ValueError(f"{path!r} does not hold the training state of mdnkit.fit")
+    if state["version"] > _STATE_VERSION:
+        raise ValueError(
+            f"{path!r} holds a training state of version {state['version']}, newer than this "
+            f"mdnkit reads ({_STATE_VERSION}); upgrade mdnkit to resume it"
+        )
+    return path, weights, state
+
+
+def _run_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    """The run's device: ``device``, else the model's; under a data-parallel launcher a bare
+    ``"cuda"`` is this process's GPU (``LOCAL_RANK``), made the current one."""
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if dev.type == "cuda" and environment_world_size() > 1:
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _run_data(
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    settings: FitSettings,
+    validation_data: Any,
+    seed: int | None,
+    dev: torch.device,
+    parallel: DataParallel | None,
+    resumed: Resumed | None,
+) -> TrainingData:
+    """The run's data, split by a generator seeded with ``seed`` (a random one when None,
+    rank 0's for every rank; a resumed run's own)."""
+    if resumed is not None:
+        data_seed = int(resumed[2]["data_seed"])
+    else:
+        data_seed = int(seed) if seed is not None else int(torch.randint(2**62, (1,)))
+        if parallel is not None:
+            data_seed = parallel.broadcast_int(data_seed)
+    gen = torch.Generator()
+    gen.manual_seed(data_seed)
+    data = TrainingData.from_arguments(
+        x, y, validation_data, settings.validation_split, dev, _model_dtype(model), gen
+    )
+    data.seed = data_seed
+    return data
+
+
+def _check_resume(
+    resumed: Resumed,
+    settings: FitSettings,
+    data: TrainingData,
+    parallel: DataParallel | None,
+    seed: int | None,
+) -> None:
+    """A ValueError when ``fit``'s arguments do not continue the run that wrote ``resumed``."""
+    path, _, state = resumed
+    saved, now = state["settings"], asdict(settings)
+    differ = [k for k in now if k not in _RESUME_MAY_CHANGE and saved.get(k) != now[k]]
+    if differ:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+        is_ = ", ".join(f"{k}={now[k]!r}" for k in differ)
+        raise ValueError(
+            f"{path!r} was written by a run with {was}, this fit has {is_}: resume with the "
+            f"settings it was written with (only {' and '.join(_RESUME_MAY_CHANGE)} may change)"
+        )
+    if seed is not None and state["seed"] is not None and int(seed) != state["seed"]:
+        raise ValueError(f"{path!r} was written by a run with seed={state['seed']}, not {seed}")
+    if data.rows != state["rows"]:
+        raise ValueError(
+            f"{path!r} was written by a run on other data: (training, validation) rows "
+            f"{state['rows']}, this fit has {data.rows}"
+        )
+    world = parallel.world if parallel is not None else 1
+    if state["position"] is not None and int(state["world"]) != world:
+        raise ValueError(
+            f"{path!r} was written in the middle of an epoch by {state['world']} process(es); "
+            f"resume it with as many (this run has {world}), or from an epoch's end"
+        )
+
+
+def _load_model(model: nn.Module, resumed: Resumed) -> None:
+    path, _, state = resumed
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path!r} holds the training state of a different model ({first})"
+        ) from None
+
+
+def _should_prepare(model: nn.Module, prepare: bool | str) -> bool:
+    """Whether ``fit`` calls ``model.prepare`` (see ``prepare`` in :func:`fit`)."""
+    if not callable(getattr(model, "prepare", None)):
         return False
+    if prepare == "auto":
+        return not is_trained(model)
+    return bool(prepare)
 
 
 # ---------------------------------------------------------------------- fit
@@ -1034,7 +1702,9 @@ def fit(
     seed: int | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
-    prepare: bool = True,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike | bool | None = None,
+    prepare: bool | Literal["auto"] = "auto",
     callback: Callable[[int, History], Any] | None = None,
 ) -> History:
     r"""Train ``model`` by minimising its mean negative log-likelihood; returns a :class:`History`.
@@ -1042,8 +1712,8 @@ def fit(
     Every batch is a tuple passed as ``model.loss(*batch)``, which must return the scalar mean
     NLL :math:`\frac1N\sum_i -\log p(y_i\mid x_i)`.  The update is the optimiser's (Adam by
     default, :math:`L_2` ``weight_decay``) on gradients clipped to a total norm of
-    ``clip_grad_norm``.  The data, monitoring, NaN rollback and speed are described in
-    :mod:`mdnkit.training`.
+    ``clip_grad_norm``.  The data, monitoring, NaN rollback, speed, checkpoints, signals and
+    data-parallel training (under ``torchrun``) are described in :mod:`mdnkit.training`.
 
     Args:
         x, y: tensors or arrays with the same first dimension (batches ``(x_b, y_b)``), or
@@ -1058,9 +1728,14 @@ def fit(
             touching the global state) dropout: the same model and seed give the same history.
         device: ``"cpu"``, ``"cuda"``, ...: the model and every batch are moved there (default:
             where the model already is).
-        checkpoint: a path where the best model is saved with :func:`mdnkit.io.save` (atomic),
-            written on improvement at most every 5 seconds and once at the end.
-        prepare: call ``model.prepare(*training data)`` first, when the model has it.
+        checkpoint: the file that holds the whole training state, written (atomically) at every
+            epoch's end, every ``checkpoint_every`` optimiser steps and when SIGINT/SIGTERM stop
+            the run; :func:`mdnkit.io.load` reads the best model so far from it.
+        resume: continue the run a checkpoint holds: its path, or True: ``checkpoint`` if that
+            file exists (else start afresh: the same call starts and resumes a run).
+        prepare: ``"auto"``: call ``model.prepare(*training data)`` if the model has it and was
+            never prepared, trained or loaded (:func:`is_trained`); True: always (a trained
+            head is re-initialised); False: never.  Not when resuming.
         callback: called as ``callback(epoch, history)`` after every epoch; returning True
             stops training.
 
@@ -1073,10 +1748,7 @@ def fit(
         >>> len(h.train_nll), h.best_epoch >= 0, h.monitor
         (10, True, 'val_nll')
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, found {type(model).__name__}")
-    if not callable(getattr(model, "loss", None)):
-        raise TypeError(f"model must have a loss(*batch) method, {type(model).__name__} has none")
+    every = _check_arguments(model, prepare, checkpoint, checkpoint_every)
     settings = FitSettings(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         optimizer=optimizer, validation_split=validation_split, patience=patience,
@@ -1084,30 +1756,26 @@ def fit(
     )  # fmt: skip
     run = TrainingRun.build(
         model, x, y, settings, validation_data=validation_data, seed=seed, device=device,
-        checkpoint=checkpoint, prepare=prepare, progress=progress, callback=callback,
+        checkpoint=checkpoint, checkpoint_every=every, resume=resume, prepare=prepare,
+        progress=progress, callback=callback,
     )  # fmt: skip
-    return run.train()
-
-
-def _save_checkpoint(
-    model: nn.Module,
-    state: _Snapshot | None,
-    path: str | os.PathLike,
-    history: History,
-) -> None:
-    """Save ``model`` (with the weights of ``state`` when given) to ``path``, atomically."""
-    from . import io
-
-    d = history.as_dict()
-    meta = {"best_epoch": d["best_epoch"], "best_nll": d["best_nll"], "monitor": d["monitor"]}
-    if state is None:
-        io.save(model, path, metadata=meta)
-        return
-    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    was = model.training
     try:
-        model.load_state_dict(state.model)
-        io.save(model, path, metadata=meta)
+        return run.train()
     finally:
-        model.load_state_dict(current)
-        model.train(was)
+        run.close()
+
+
+def _check_arguments(
+    model: Any, prepare: Any, checkpoint: Any, checkpoint_every: Any
+) -> int | None:
+    """:func:`fit`'s checks of its model and of its file options; ``checkpoint_every``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, found {type(model).__name__}")
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must have a loss(*batch) method, {type(model).__name__} has none")
+    if prepare not in (True, False, "auto"):
+        raise ValueError(f"prepare must be True, False or 'auto', found {prepare!r}")
+    every = positive_int("checkpoint_every", checkpoint_every, or_none=True)
+    if every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs checkpoint=PATH")
+    return every

@@ -683,8 +683,10 @@ class MDNRNN(nn.Module):
         ``inputs`` ``(B, T, input_dim)``: ``inputs[:, t]`` is read by the step that predicts
         ``x[:, t]`` (with ``x[:, t-1]``, or the start token at ``t = 0``); padded steps' inputs
         are ignored, whatever they hold.  ``context`` ``(B, context_dim)``.  A batch tuple
-        ``(x, lengths, inputs, context)`` (None entries allowed) works positionally, as
-        :func:`~mdnkit.fit` passes it.
+        ``(x, lengths, inputs, context)`` works positionally, as :func:`~mdnkit.fit` passes
+        it; None entries are allowed here, but ``fit``'s data tuples hold tensors only, so a
+        model with a context and no per-step inputs is trained through a small adapter (see
+        ``examples/conditional.py``).
 
         ``"mean"``: per real event (continuous NLL + pen cross-entropy + reward NLL + done
         cross-entropy, those the model has), averaged over all :math:`\sum_b L_b` real events of
