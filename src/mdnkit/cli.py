@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--validation-split", type=_fraction, default=0.1)
     f.add_argument("--seed", type=_int, default=0)
     f.add_argument("-o", "--output", required=True, metavar="MODEL")
+    _checkpoint_arguments(f)
 
     e = sub.add_parser("eval", help="NLL, CRPS, RMSE, calibration and coverage on a CSV file")
     e.add_argument("model", metavar="MODEL")
@@ -197,7 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export an MDN-RNN's step function to ONNX")
     x.add_argument("model", metavar="MODEL")
     x.add_argument("-o", "--output", required=True, metavar="FILE.onnx")
+
+    from .serve import add_serve_parser  # the live front: docs/live.md
+
+    add_serve_parser(sub)
     return p
+
+
+def _checkpoint_arguments(f: argparse.ArgumentParser) -> None:
+    """``fit``'s checkpoint options (see docs/training.md)."""
+    f.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        default=None,
+        help="write the whole training state here every epoch (and on Ctrl-C / SIGTERM)",
+    )
+    f.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="also write the checkpoint every N optimiser steps",
+    )
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint FILE when it exists (else start afresh)",
+    )
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -242,11 +269,20 @@ def _network(model: Any, path: str, command: str):
 
 
 def _read_columns(data: str, cols: Sequence[str | int]):
-    from .datasets import read_csv, read_csv_header, resolve_columns
+    """(float32 array of the columns, their names), the whole file at once (small files)."""
+    from .tables import CsvTable
 
-    header = read_csv_header(data)
-    idx = resolve_columns(header, list(cols), where=data)
-    return read_csv(data, idx), [header[i] for i in idx]
+    table = CsvTable(data)
+    idx = table.resolve(list(cols))
+    return np.concatenate(list(table.chunks(idx))).astype(np.float32), table.names(idx)
+
+
+def _table_columns(data: str, *column_lists: Sequence[str | int]):
+    """(the open table, the positions of each list of columns): the header is read once."""
+    from .tables import CsvTable
+
+    table = CsvTable(data)
+    return table, *(table.resolve(list(cols)) for cols in column_lists)
 
 
 def _stored_columns(meta: dict[str, Any], key: str, override, n: int, first: int) -> list:
@@ -286,6 +322,241 @@ def _describe(net) -> str:
         f"MDN {net.in_features} -> {net.out_features}, hidden {list(net.hidden)}, "
         f"{net.num_components} {net.covariance} components"
     )
+
+
+# ------------------------------------------------------------------------------ large files
+#: Rows of one sampling block: each block of rows of `sample` has its own generator, seeded from
+#: --seed and the block's number, so the samples do not depend on how the file is chunked.
+_SAMPLE_BLOCK_ROWS = 1024
+#: Rows `eval` computes the metrics of at once (the CRPS holds K x K values per row).
+_EVAL_ROWS = 8192
+#: Rows `plot` reads at most: a uniform random subset (seeded by --seed) of larger files.
+_PLOT_ROWS = 20_000
+#: Rows `fit` gives model.prepare (standardisation, initial components) when it streams.
+_PREPARE_ROWS = 200_000
+#: `fit` trains in memory when the chosen columns, as float32, take at most this many bytes
+#: (an internal setting: $MDNKIT_FIT_MEMORY_BYTES); larger files are streamed from a temporary
+#: float32 file in shuffled blocks, in memory that does not grow with the rows.
+_FIT_MEMORY_ENV = "MDNKIT_FIT_MEMORY_BYTES"
+_FIT_MEMORY_BYTES = 8 << 20
+
+
+def _float32(block: np.ndarray) -> np.ndarray:
+    return block.astype(np.float32)  # the precision the old whole-file reader gave
+
+
+def _eval_add(net, x: np.ndarray, y: np.ndarray, coverage: float, acc: dict) -> None:
+    """Add one chunk's sums and counts to ``acc``: sums of per-row NLL, CRPS and squared error
+    (float64), and counts of PIT values inside the central interval and below each level."""
+    import torch
+
+    from .metrics import crps, interval_coverage, nll, pit
+
+    m = _predict(net, x)
+    yt = torch.as_tensor(y, dtype=m.loc.dtype)
+    acc["rows"] += len(yt)
+    acc["nll"] += float(nll(m, yt, reduction="none").double().sum())
+    acc["crps"] += float(crps(m, yt, reduction="none").double().sum())
+    acc["se"] += float((m.mean - yt).double().square().sum())
+    acc["values"] += yt.numel()
+    acc["inside"] += int(interval_coverage(m, yt, coverage, reduction="none").sum())
+    u = pit(m, yt).detach().double().reshape(-1, 1)
+    acc["below"] += (u <= acc["levels"]).sum(0)  # counts: F_hat(j/B) = below_j / values
+
+
+def _eval_metrics_streamed(net, table, x_idx, y_idx, coverage: float) -> dict[str, float]:
+    """eval's metrics over the file, one chunk at a time (each metric a sum or a count)."""
+    import torch
+
+    levels = torch.arange(1, 10, dtype=torch.float64) / 10  # calibration_error's default bins
+    acc: dict[str, Any] = dict.fromkeys(("rows", "values", "inside"), 0)
+    acc.update(nll=0.0, crps=0.0, se=0.0, levels=levels, below=torch.zeros(9, dtype=torch.int64))
+    nx = len(x_idx)
+    for block in table.chunks([*x_idx, *y_idx]):
+        block = _float32(block)
+        for i in range(0, len(block), _EVAL_ROWS):  # the metrics' temporaries: K x K per row
+            part = block[i : i + _EVAL_ROWS]
+            _eval_add(net, part[:, :nx], part[:, nx:], coverage, acc)
+    n, values = acc["rows"], acc["values"]
+    # metrics.calibration_error from counts: the mean gap between F_hat(j/B) and j/B
+    emp = acc["below"].double() / values
+    return {
+        "rows": n,
+        "nll": acc["nll"] / n,
+        "crps": acc["crps"] / values,
+        "rmse": math.sqrt(acc["se"] / values),
+        "calibration_error": float((emp - levels).abs().mean()),
+        "coverage": acc["inside"] / values,
+        "nominal_coverage": coverage,
+    }
+
+
+def _block_generator(seed: int, block: int):
+    import torch
+
+    state = np.random.SeedSequence([seed % 2**64, block]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _sample_chunk(net, x: np.ndarray, start: int, args) -> np.ndarray:
+    """The CSV rows of `sample` for the input rows ``start .. start + len(x)`` (a multiple of
+    the sampling block): (row, inputs, N draws each)."""
+    m = _predict(net, x)
+    n, parts = args.num_samples, []
+    for i in range(0, len(x), _SAMPLE_BLOCK_ROWS):
+        gen = _block_generator(args.seed, (start + i) // _SAMPLE_BLOCK_ROWS)
+        s = m[i : i + _SAMPLE_BLOCK_ROWS].sample(
+            (n,),
+            temperature=args.temperature,
+            sigma_temperature=args.sigma_temperature,
+            generator=gen,
+        )  # (N, rows, D)
+        parts.append(s.transpose(0, 1).double().numpy().reshape(-1, s.shape[-1]))
+    rows_idx = np.repeat(np.arange(start, start + len(x)), n)[:, None]
+    xs = np.repeat(x.astype(np.float64), n, axis=0)
+    return np.concatenate([rows_idx, xs, *([np.concatenate(parts)] if parts else [])], axis=1)
+
+
+def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
+    """Sample chunk by chunk into a temporary file beside ``out``, renamed over it at the end."""
+    import csv
+
+    from .tables import chunk_rows
+
+    size = -(-chunk_rows() // _SAMPLE_BLOCK_ROWS) * _SAMPLE_BLOCK_ROWS
+    written = start = 0
+    with (
+        atomic_path(out, suffix=".csv") as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+    ):
+        writer = csv.writer(fh)  # floats as repr: they read back exactly
+        writer.writerow(header)
+        for block in table.chunks(x_idx, size=size):
+            rows = _sample_chunk(net, _float32(block), start, args)
+            writer.writerows([int(r[0]), *r[1:]] for r in rows.tolist())
+            start += len(block)
+            written += len(rows)
+    return written
+
+
+def _plot_rows(table, x_idx, y_idx, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most _PLOT_ROWS rows (x, y) of the file: all of a small file, else a uniform random
+    subset seeded by ``seed`` (see tables.sample_rows), in file order."""
+    from .tables import sample_rows
+
+    rows, _ = sample_rows(table.chunks([*x_idx, *y_idx]), _PLOT_ROWS, seed=seed)
+    rows = _float32(rows)
+    return rows[:, : len(x_idx)], rows[:, len(x_idx) :]
+
+
+def _fit_memory_bytes() -> int:
+    text = os.environ.get(_FIT_MEMORY_ENV, "").strip()
+    if not text:
+        return _FIT_MEMORY_BYTES
+    if not text.isdigit():
+        raise CliError(f"{_FIT_MEMORY_ENV} must be an integer >= 0, found {text!r}")
+    return int(text)
+
+
+def _row_batches(rows, nx: int, batch_size: int | None, buffer_rows: int, seed: int):
+    """A DataLoader over a tables.RowFile: shuffled (x, y) batches of ``batch_size`` rows, a new
+    order each epoch drawn from (seed, epoch); or, with ``batch_size`` None, the rows in order
+    (validation)."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class RowBatches(IterableDataset):
+        epoch = 0
+
+        def __iter__(self):
+            if batch_size is None:
+                source = rows.sequential(buffer_rows)
+            else:
+                rng = np.random.default_rng([seed % 2**64, 2, self.epoch])
+                self.epoch += 1
+                source = rows.shuffled(rng, buffer_rows, batch_size)
+            for block in source:
+                t = torch.from_numpy(block)
+                yield t[:, :nx], t[:, nx:]
+
+    return DataLoader(RowBatches(), batch_size=None)
+
+
+class _TrainingRows:
+    """fit's data: ``args`` and ``options`` for :func:`mdnkit.fit`, ``n`` rows in all, and the
+    temporary files to close when training ends."""
+
+    def __init__(self, args: tuple, options: dict, n: int, files: tuple = ()) -> None:
+        self.args, self.options, self.n, self.files = args, options, n, files
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def _streamed_rows(chunks, nx: int, args, model, folder: Path) -> _TrainingRows:
+    """Spill the rows to two temporary float32 files (training; validation: each row with
+    probability --validation-split), prepare ``model`` on a uniform sample of at most
+    _PREPARE_ROWS training rows, and serve both as DataLoaders."""
+    from .tables import RowFile, chunk_rows, sample_rows
+
+    width = None
+    train = val = None
+    rng = np.random.default_rng([args.seed % 2**64, 1])
+
+    def spill():
+        nonlocal width, train, val
+        for block in chunks:
+            if train is None:
+                width = block.shape[1]
+                train, val = RowFile(width, folder), RowFile(width, folder)
+            held_out = rng.random(len(block)) < args.validation_split
+            val.append(block[held_out])
+            kept = block[~held_out]
+            train.append(kept)
+            yield kept
+
+    try:
+        sample, n_train = sample_rows(spill(), _PREPARE_ROWS, seed=args.seed)
+        if n_train < 1:
+            raise CliError(
+                f"{args.data}: {val.rows} rows leave no training rows after the validation split"
+            )
+        sample = _float32(sample)
+        model.prepare(np.ascontiguousarray(sample[:, :nx]), np.ascontiguousarray(sample[:, nx:]))
+    except BaseException:
+        for f in (train, val):
+            if f is not None:
+                f.close()
+        raise
+    buffer = chunk_rows()
+    options: dict[str, Any] = {"prepare": False}
+    if val.rows:
+        options["validation_data"] = _row_batches(val, nx, None, buffer, args.seed)
+    loader = _row_batches(train, nx, args.batch_size, buffer, args.seed)
+    return _TrainingRows((loader,), options, train.rows + val.rows, (train, val))
+
+
+def _training_rows(table, x_idx, y_idx, args, model, folder: Path) -> _TrainingRows:
+    """Read the file once: in memory (arrays, as fit has always trained) when the columns take
+    at most _fit_memory_bytes() as float32, else streamed (see _streamed_rows)."""
+    import itertools
+
+    nx = len(x_idx)
+    limit = _fit_memory_bytes() // (4 * (nx + len(y_idx)))
+    chunks = table.chunks([*x_idx, *y_idx])
+    held, rows = [], 0
+    for block in chunks:
+        held.append(block)
+        rows += len(block)
+        if rows > limit:
+            return _streamed_rows(itertools.chain(held, chunks), nx, args, model, folder)
+    data = _float32(np.concatenate(held))
+    n = len(data)
+    if n - int(round(n * args.validation_split)) < 1:
+        raise CliError(f"{args.data}: {n} rows leave no training rows after the validation split")
+    x, y = np.ascontiguousarray(data[:, :nx]), np.ascontiguousarray(data[:, nx:])
+    return _TrainingRows((x, y), {}, n)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -342,13 +613,16 @@ def _cmd_demo(args) -> int:
 def _cmd_fit(args) -> int:
     import torch
 
+    from .distributed import is_main_process
     from .io import save
     from .models import MDN
-    from .training import fit
+    from .training import TrainingInterrupted, fit
 
     out = _check_output(args.output)
-    x, x_names = _read_columns(args.data, args.x)
-    y, y_names = _read_columns(args.data, args.y)
+    if (args.resume or args.checkpoint_every) and args.checkpoint is None:
+        raise CliError("--resume and --checkpoint-every need --checkpoint FILE")
+    table, x_idx, y_idx = _table_columns(args.data, args.x, args.y)
+    x_names, y_names = table.names(x_idx), table.names(y_idx)
     if set(x_names) & set(y_names):
         raise CliError(
             f"{args.data}: column(s) {', '.join(sorted(set(x_names) & set(y_names)))} "
@@ -363,21 +637,32 @@ def _cmd_fit(args) -> int:
         num_components=args.components,
         covariance=args.covariance,
     )
-    n = len(x)
-    n_val = int(round(n * args.validation_split))
-    if n - n_val < 1:
-        raise CliError(f"{args.data}: {n} rows leave no training rows after the validation split")
-    history = fit(
-        model,
-        x,
-        y,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        patience=args.patience,
-        validation_split=args.validation_split,
-        seed=args.seed,
-    )
+    rows = _training_rows(table, x_idx, y_idx, args, model, out.parent)  # the one read
+    n = rows.n
+    try:
+        history = fit(
+            model,
+            *rows.args,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            patience=args.patience,
+            validation_split=args.validation_split,
+            seed=args.seed,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=True if args.resume else None,
+            **rows.options,
+        )
+    except TrainingInterrupted as stop:
+        columns = {"x_columns": x_names, "y_columns": y_names}
+        return _fit_interrupted(
+            stop, out, {**columns, "data": os.path.basename(args.data), "rows": n}
+        )
+    finally:
+        rows.close()
+    if not is_main_process():  # data-parallel: rank 0 writes and reports
+        return 0
     metadata = {
         "x_columns": x_names,
         "y_columns": y_names,
@@ -403,33 +688,26 @@ def _cmd_fit(args) -> int:
     return 0
 
 
-def _eval_metrics(net, x: np.ndarray, y: np.ndarray, coverage: float) -> dict[str, float]:
-    import torch
+def _fit_interrupted(stop, out: Path, metadata: dict[str, Any]) -> int:
+    """SIGINT / SIGTERM stopped ``fit``, which wrote its checkpoint: the best model so far goes
+    to the output too, one line to stderr; 130 (SIGINT) or 143 (SIGTERM)."""
+    import signal
 
-    from .metrics import calibration_error, crps, interval_coverage, nll, pit
+    from .distributed import is_main_process
+    from .io import load, load_metadata, save
 
-    sums = {"nll": 0.0, "crps": 0.0, "se": 0.0, "cov": 0.0}
-    pits = []
-    chunk = 16384
-    for i in range(0, len(x), chunk):
-        m = _predict(net, x[i : i + chunk])
-        yt = torch.as_tensor(y[i : i + chunk], dtype=m.loc.dtype)
-        n = len(yt)
-        sums["nll"] += float(nll(m, yt)) * n
-        sums["crps"] += float(crps(m, yt)) * n
-        sums["se"] += float((m.mean - yt).square().mean()) * n
-        sums["cov"] += float(interval_coverage(m, yt, coverage)) * n
-        pits.append(pit(m, yt))
-    n = len(x)
-    return {
-        "rows": n,
-        "nll": sums["nll"] / n,
-        "crps": sums["crps"] / n,
-        "rmse": math.sqrt(sums["se"] / n),
-        "calibration_error": calibration_error(torch.cat(pits)),
-        "coverage": sums["cov"] / n,
-        "nominal_coverage": coverage,
-    }
+    code = 128 + int(stop.signal)
+    if not is_main_process():
+        return code
+    history = load_metadata(stop.checkpoint)
+    save(load(stop.checkpoint), out, metadata={**metadata, "history": history, "interrupted": True})
+    print(
+        f"{PROG} fit: stopped by {signal.Signals(stop.signal).name} in epoch {stop.epoch + 1} "
+        f"(step {stop.step}); checkpoint {stop.checkpoint}, best model so far {out}; "
+        "continue with --resume",
+        file=sys.stderr,
+    )
+    return code
 
 
 def _cmd_eval(args) -> int:
@@ -437,9 +715,8 @@ def _cmd_eval(args) -> int:
     net = _network(model, args.model, "eval")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
-    x, _ = _read_columns(args.data, xc)
-    y, _ = _read_columns(args.data, yc)
-    res = _eval_metrics(net, x, y, args.coverage)
+    table, x_idx, y_idx = _table_columns(args.data, xc, yc)
+    res = _eval_metrics_streamed(net, table, x_idx, y_idx, args.coverage)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -460,32 +737,17 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    import torch
-
-    from .datasets import write_csv
-
     out = _check_output(args.output)
     model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "sample")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
-    x, x_names = _read_columns(args.data, xc)
+    table, x_idx = _table_columns(args.data, xc)
+    x_names = table.names(x_idx)
     y_names = meta.get("y_columns") or [f"y{j}" for j in range(net.out_features)]
-    gen = torch.Generator().manual_seed(args.seed)
-    m = _predict(net, x)
-    s = m.sample(
-        (args.num_samples,),
-        temperature=args.temperature,
-        sigma_temperature=args.sigma_temperature,
-        generator=gen,
-    )  # (N, rows, D)
-    s = s.transpose(0, 1).double().numpy()  # (rows, N, D)
-    rows_idx = np.repeat(np.arange(len(x)), args.num_samples)[:, None]
-    xs = np.repeat(x.astype(np.float64), args.num_samples, axis=0)
-    table = np.concatenate([rows_idx, xs, s.reshape(-1, s.shape[-1])], axis=1)
     index_name = "row" if "row" not in (*x_names, *y_names) else "input_row"
     header = [index_name, *x_names, *y_names]
-    write_csv(out, header, ([int(r[0]), *r[1:].tolist()] for r in table))
-    print(f"wrote {len(table)} samples ({args.num_samples} per row of {args.data}) to {out}")
+    written = _write_samples(net, table, x_idx, header, out, args)
+    print(f"wrote {written} samples ({args.num_samples} per row of {args.data}) to {out}")
     return 0
 
 
@@ -506,8 +768,8 @@ def _cmd_plot(args) -> int:
     if args.data is not None:
         xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
         yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
-        x, _ = _read_columns(args.data, xc)
-        y, _ = _read_columns(args.data, yc)
+        table, x_idx, y_idx = _table_columns(args.data, xc, yc)
+        x, y = _plot_rows(table, x_idx, y_idx, args.seed)
     elif args.kind in ("samples", "pit"):
         raise CliError(f"--kind {args.kind} needs a DATA.csv")
     mean, std = net.x_mean[args.x_dim].item(), net.x_std[args.x_dim].item()
@@ -574,6 +836,12 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .serve import run_serve  # imports python-osc / websockets only when run
+
+    return run_serve(args)
+
+
 _COMMANDS = {
     "demo": _cmd_demo,
     "fit": _cmd_fit,
@@ -582,6 +850,7 @@ _COMMANDS = {
     "plot": _cmd_plot,
     "info": _cmd_info,
     "export": _cmd_export,
+    "serve": _cmd_serve,
 }
 
 

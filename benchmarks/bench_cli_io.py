@@ -1,0 +1,120 @@
+"""Wall time and peak memory of the ``mdnkit`` command on a large CSV file.
+
+Generates a table of ``--rows`` rows and 5 columns (``x0..x3`` inputs, ``y`` target; fixed seed,
+in a temporary folder: 2 000 000 rows are about 92 MB), fits a small model on its first rows,
+then runs each command in its own subprocess and reports the seconds and the peak resident set
+size of that process (``os.wait4``'s ``ru_maxrss``)::
+
+    python benchmarks/bench_cli_io.py                                  # this checkout's src/
+    python benchmarks/bench_cli_io.py --src /tmp/cli_before/src       # another version
+    python benchmarks/bench_cli_io.py --rows 500000 --commands fit    # fit at another size
+
+``--json`` prints one JSON object instead of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RUN = "import sys; from mdnkit.cli import main; sys.exit(main(sys.argv[1:]))"
+COMMANDS = ("eval", "fit", "sample", "plot")
+
+
+def make_table(path: Path, rows: int, seed: int = 0, chunk: int = 250_000) -> None:
+    """``rows`` rows: x0..x3 ~ N(0, 1), y = sin(2 x0) + 0.5 x1 + N(0, 0.3^2) (6 significant
+    digits), written chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as fh:
+        fh.write("x0,x1,x2,x3,y\n")
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            x = rng.standard_normal((n, 4))
+            y = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] + 0.3 * rng.standard_normal(n)
+            np.savetxt(fh, np.column_stack([x, y]), fmt="%.6g", delimiter=",")
+
+
+def run(src: Path, argv: list[str], env_extra: dict[str, str] | None = None) -> dict:
+    """Run ``mdnkit argv`` from ``src`` in a subprocess: seconds, peak RSS (MB), exit status,
+    output.  The child is reaped with ``os.wait4``, whose rusage is that child's alone."""
+    env = dict(os.environ, PYTHONPATH=str(src), **(env_extra or {}))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", RUN, *argv], env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {
+            "seconds": seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
+            "status": proc.returncode,
+            "stdout": out.read(),
+            "stderr": err.read(),
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--src", type=Path, default=HERE.parent / "src", help="the mdnkit source tree")
+    p.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated subset")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    commands = [c for c in args.commands.split(",") if c]
+    with tempfile.TemporaryDirectory(prefix="bench_cli_io_") as tmp:
+        folder = Path(tmp)
+        data, small, model = folder / "big.csv", folder / "small.csv", folder / "model.mdn"
+        t0 = time.perf_counter()
+        make_table(data, args.rows)
+        make_table(small, 20_000, seed=1)
+        gen_s = time.perf_counter() - t0
+        cols = ["--x", "x0,x1,x2,x3", "--y", "y"]
+        base = ["fit", str(small), *cols, "--hidden", "32,32", "--epochs", "2", "-o", str(model)]
+        made = run(args.src, base)
+        if made["status"] != 0:
+            raise SystemExit(f"could not make the model: {made['stderr']}")
+        argvs = {
+            "eval": ["eval", str(model), str(data), "--json"],
+            "fit": ["fit", str(data), *cols, "--epochs", "1", "-o", str(folder / "fit.mdn")],
+            "sample": ["sample", str(model), str(data), "-n", "1", "-o", str(folder / "s.csv")],
+            "plot": ["plot", str(model), str(data), "-o", str(folder / "density.png")],
+        }
+        results = {}
+        for name in commands:
+            r = run(args.src, argvs[name])
+            if r["status"] != 0:
+                raise SystemExit(f"{name} failed ({r['status']}): {r['stderr'][-2000:]}")
+            results[name] = {k: r[k] for k in ("seconds", "peak_rss_mb")}
+            if name == "fit":
+                results[name]["output"] = r["stdout"].strip()
+        report = {
+            "rows": args.rows,
+            "csv_mb": round(data.stat().st_size / 1e6, 1),
+            "src": str(args.src),
+            "generate_s": round(gen_s, 1),
+            "results": results,
+        }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{report['rows']} rows, {report['csv_mb']} MB CSV, mdnkit from {report['src']}")
+    print(f"{'command':<8} {'seconds':>8} {'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f}")
+    if "fit" in results:
+        print(f"fit: {results['fit']['output']}")
+
+
+if __name__ == "__main__":
+    main()
