@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,10 +40,9 @@ from .kernels import (
     sum_last,
     weights_cdf,
 )
+from .options import CovarianceType
 
-__all__ = ["GaussianMixture", "CovarianceType"]
-
-CovarianceType = Literal["diagonal", "spherical", "full"]
+__all__ = ["GaussianMixture", "CovarianceType", "check_values", "promote"]
 
 Number = float | int
 TemperatureLike = Number | Tensor
@@ -53,8 +51,9 @@ TemperatureLike = Number | Tensor
 _SAMPLE_BLOCK_ELEMENTS = 1 << 18  # rows x components per block when drawing components
 
 
-def _promote(t: Tensor) -> Tensor:
-    """Half-precision parameters are computed with in float32 (DESIGN: loss in float32 or wider)."""
+def promote(t: Tensor) -> Tensor:
+    """Half-precision or integer parameters as float32 (the default dtype); others unchanged
+    (DESIGN: losses in float32 or wider)."""
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.float()
     if not t.is_floating_point():
@@ -67,6 +66,31 @@ def _temperature(value: TemperatureLike, name: str, like: Tensor) -> Tensor:
     if torch.isnan(t).any() or (t < 0).any():
         raise ValueError(f"{name} must be >= 0 (0 means greedy), found {value!r}")
     return t
+
+
+def check_values(
+    logits: Tensor, loc: Tensor, scale: Tensor | None = None, scale_tril: Tensor | None = None
+) -> None:
+    """The value checks of a mixture's parameters (``validate_args``): logits not NaN or +inf,
+    finite means, positive finite scales or Cholesky factors with a positive diagonal."""
+    if torch.isnan(logits).any() or (logits == math.inf).any():
+        raise ValueError("logits contain NaN or +inf")
+    if not torch.isfinite(loc).all():
+        raise ValueError("loc contains NaN or inf")
+    if scale is not None:
+        good = (scale > 0) & torch.isfinite(scale)
+        if not good.all():
+            bad = scale[~good].flatten()[:3].tolist()
+            raise ValueError(f"scale must be positive and finite, found values such as {bad}")
+    elif scale_tril is not None:
+        diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)
+        if not torch.isfinite(scale_tril).all():
+            raise ValueError("scale_tril contains NaN or inf")
+        if not (diag > 0).all():
+            bad = diag[~(diag > 0)].flatten()[:3].tolist()
+            raise ValueError(
+                f"scale_tril must have a positive diagonal, found diagonal values such as {bad}"
+            )
 
 
 class GaussianMixture(Distribution):
@@ -167,38 +191,18 @@ class GaussianMixture(Distribution):
             ) from None
         self._k, self._d = k, d
 
-        logits, loc = _promote(logits), _promote(loc)
+        logits, loc = promote(logits), promote(loc)
         if validate_args or (validate_args is None and Distribution._validate_args):
-            self._check_values(logits, loc, scale, scale_tril)
+            check_values(logits, loc, scale, scale_tril)
         self._raw_logits = logits.expand(*batch_shape, k)
         self.loc = loc.expand(*batch_shape, k, d)
         if scale is not None:
-            self.scale = _promote(scale).expand(*batch_shape, k, scale.shape[-1])
+            self.scale = promote(scale).expand(*batch_shape, k, scale.shape[-1])
             self.scale_tril = None
         else:
             self.scale = None
-            self.scale_tril = _promote(scale_tril).expand(*batch_shape, k, d, d)
+            self.scale_tril = promote(scale_tril).expand(*batch_shape, k, d, d)
         super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
-
-    @staticmethod
-    def _check_values(logits, loc, scale, scale_tril) -> None:
-        if torch.isnan(logits).any() or (logits == math.inf).any():
-            raise ValueError("logits contain NaN or +inf")
-        if not torch.isfinite(loc).all():
-            raise ValueError("loc contains NaN or inf")
-        if scale is not None:
-            if torch.isnan(scale).any() or not (scale > 0).all() or not torch.isfinite(scale).all():
-                bad = scale[~((scale > 0) & torch.isfinite(scale))].flatten()[:3].tolist()
-                raise ValueError(f"scale must be positive and finite, found values such as {bad}")
-        else:
-            diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)
-            if not torch.isfinite(scale_tril).all():
-                raise ValueError("scale_tril contains NaN or inf")
-            if not (diag > 0).all():
-                bad = diag[~(diag > 0)].flatten()[:3].tolist()
-                raise ValueError(
-                    f"scale_tril must have a positive diagonal, found diagonal values such as {bad}"
-                )
 
     # ------------------------------------------------------------------ basic properties
     @lazy_property

@@ -31,25 +31,17 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
 from .checks import as_generator, number, positive_int
-from .mixture import GaussianMixture
+from .kernels import LOG_2PI
+from .mixture import GaussianMixture, check_values, promote
 
 __all__ = ["PerDimensionMixture", "DEFAULT_MAX_JOINT_COMPONENTS"]
 
 #: Largest :math:`K^D` that :meth:`PerDimensionMixture.to_gaussian_mixture` builds by default.
 DEFAULT_MAX_JOINT_COMPONENTS = 4096
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_HALF_LOG_2PI = 0.5 * LOG_2PI
 
 TemperatureLike = float | int | Tensor
-
-
-def _promote(t: Tensor) -> Tensor:
-    """Half-precision or integer parameters as float32 (the default dtype); others unchanged."""
-    if t.dtype in (torch.float16, torch.bfloat16):
-        return t.float()
-    if not t.is_floating_point():
-        return t.to(torch.get_default_dtype())
-    return t
 
 
 def _temperature(
@@ -200,25 +192,14 @@ class PerDimensionMixture(Distribution):
                 "the leading (batch) dimensions of the parameters do not broadcast: "
                 + ", ".join(f"{n} {tuple(s)}" for n, s in zip(("logits", "loc", "scale"), shapes))
             ) from None
-        logits, loc, scale = _promote(logits), _promote(loc), _promote(scale)
+        logits, loc, scale = promote(logits), promote(loc), promote(scale)
         if validate_args or (validate_args is None and Distribution._validate_args):
-            self._check_values(logits, loc, scale)
+            check_values(logits, loc, scale)
         self._d, self._k = d, k
         self._raw_logits = logits.expand(*batch_shape, d, k)
         self.loc = loc.expand(*batch_shape, d, k)
         self.scale = scale.expand(*batch_shape, d, k)
         super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
-
-    @staticmethod
-    def _check_values(logits: Tensor, loc: Tensor, scale: Tensor) -> None:
-        if torch.isnan(logits).any() or (logits == math.inf).any():
-            raise ValueError("logits contain NaN or +inf")
-        if not torch.isfinite(loc).all():
-            raise ValueError("loc contains NaN or inf")
-        good = (scale > 0) & torch.isfinite(scale)
-        if not good.all():
-            bad = scale[~good].flatten()[:3].tolist()
-            raise ValueError(f"scale must be positive and finite, found values such as {bad}")
 
     # ------------------------------------------------------------------ basic properties
     @lazy_property
