@@ -511,7 +511,7 @@ def _few_threads(model: nn.Module, batch_size: int, device: torch.device) -> Ite
 @dataclass(frozen=True)
 class FitSettings:
     """The checked settings of a run (what :func:`fit`'s arguments of the same names ask for;
-    the defaults are ``fit``'s).  Constructing one checks every value: a :class:`ValueError`
+    these defaults are ``fit``'s: its signature reads them from here).  Constructing one checks every value: a :class:`ValueError`
     names the argument, what was expected and what was found."""
 
     epochs: int = 200
@@ -1312,15 +1312,15 @@ class TrainingRun:
         y: Any,
         settings: FitSettings,
         *,
-        validation_data: Any = None,
-        seed: int | None = None,
-        device: str | torch.device | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        resume: str | os.PathLike | bool | None = None,
-        prepare: bool | Literal["auto"] = "auto",
-        progress: bool | None = None,
-        callback: Callable[[int, History], Any] | None = None,
+        validation_data: Any,
+        seed: int | None,
+        device: str | torch.device | None,
+        checkpoint: str | os.PathLike | None,
+        checkpoint_every: int | None,
+        resume: str | os.PathLike | bool | None,
+        prepare: bool | Literal["auto"],
+        progress: bool | None,
+        callback: Callable[[int, History], Any] | None,
     ) -> TrainingRun:
         """The run :func:`fit` makes of its (checked) arguments: the model moved to ``device``
         and prepared on the training split (or set from the checkpoint it resumes), the process
@@ -1688,16 +1688,16 @@ def fit(
     x: Tensor | np.ndarray | DataLoader,
     y: Tensor | np.ndarray | None = None,
     *,
-    epochs: int = 200,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    weight_decay: float = 0.0,
-    optimizer: Optimizer = "adam",
-    validation_split: float = 0.1,
+    epochs: int = FitSettings.epochs,
+    batch_size: int = FitSettings.batch_size,
+    lr: float = FitSettings.lr,
+    weight_decay: float = FitSettings.weight_decay,
+    optimizer: Optimizer = FitSettings.optimizer,
+    validation_split: float = FitSettings.validation_split,
     validation_data: tuple | DataLoader | None = None,
-    patience: int | None = 20,
-    lr_schedule: LRSchedule | None = "plateau",
-    clip_grad_norm: float | None = 10.0,
+    patience: int | None = FitSettings.patience,
+    lr_schedule: LRSchedule | None = FitSettings.lr_schedule,
+    clip_grad_norm: float | None = FitSettings.clip_grad_norm,
     progress: bool | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
