@@ -64,6 +64,11 @@ def kmeans(
     return c, labels
 
 
+def _quantile_levels(k: int) -> Tensor:
+    """The K levels :math:`(k + \tfrac12)/K` at which components start."""
+    return (torch.arange(k, dtype=torch.float64) + 0.5) / k
+
+
 class MDNHead(nn.Module):
     r"""Features → Gaussian-mixture parameters → :class:`~mdnkit.GaussianMixture`.
 
@@ -212,8 +217,7 @@ class MDNHead(nn.Module):
         if method == "quantile":
             if d != 1:
                 raise ValueError(f"quantile initialisation needs 1-D targets, found D={d}")
-            q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-            centres = torch.quantile(y[:, 0], q).unsqueeze(-1)
+            centres = torch.quantile(y[:, 0], _quantile_levels(k)).unsqueeze(-1)
             labels = torch.cdist(y, centres).argmin(-1)
         elif method == "kmeans":
             if y.shape[0] < k:
@@ -230,8 +234,7 @@ class MDNHead(nn.Module):
                 for j in range(k)
             ]
         )  # (K, D)
-        floor = (y.std(0) / (4 * k)).clamp_min(10 * self.min_scale + 1e-6)
-        spread = torch.maximum(spread, floor)
+        spread = torch.maximum(spread, self._scale_floor(y))
         w, b = self.proj.weight, self.proj.bias
         dt = w.dtype
         lay = self.layout
@@ -252,15 +255,18 @@ class MDNHead(nn.Module):
         b[lg] = torch.log((counts + 1) / (counts.sum() + k)).to(dt)
         return self
 
+    def _scale_floor(self, y: Tensor) -> Tensor:
+        """The smallest initial σ per dimension: a quarter of a K-th of the targets' spread, and
+        well above the head's floor."""
+        return (y.std(0) / (4 * self.num_components)).clamp_min(10 * self.min_scale + 1e-6)
+
     def _init_per_dimension(self, y: Tensor, weight_scale: float) -> MDNHead:
         """Per-dimension heads: each dimension's K means at its own quantiles
         :math:`(k+\tfrac12)/K`, each σ the spread of its quantile bin, equal weights."""
         k, d = self.num_components, self.out_features
-        q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-        centres = torch.quantile(y, q, dim=0).T.contiguous()  # (D, K)
-        floor = (y.std(0) / (4 * k)).clamp_min(10 * self.min_scale + 1e-6)  # (D,)
+        centres = torch.quantile(y, _quantile_levels(k), dim=0).T.contiguous()  # (D, K)
         width = y.std(0) / k if k > 1 else y.std(0)
-        spread = torch.maximum(width, floor)[:, None].expand(d, k)
+        spread = torch.maximum(width, self._scale_floor(y))[:, None].expand(d, k)
         lay, w, b = self.layout, self.proj.weight, self.proj.bias
         for block in (lay.loc, lay.scale, lay.logits):
             w[block] *= weight_scale
