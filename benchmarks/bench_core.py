@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+from report import Report, add_json_argument
 from torch import distributions as td
 
 from mdnkit.loss import mdn_loss
@@ -82,12 +83,12 @@ def _time(fn, repeats: int, inner: int) -> list[float]:
     return out
 
 
-def _paired(fns: dict, repeats: int, inner: int) -> tuple[dict[str, float], float]:
+def _paired(fns: dict, repeats: int, inner: int) -> tuple[dict[str, list[float]], list[float]]:
     """Time two functions in alternation (order swapped every round).
 
-    Returns the median seconds per call of each, and the median over rounds of the ratio
-    (second / first) of the two timings taken back to back: a load spike from other processes
-    hits both halves of a pair, so the paired ratio is steadier than a ratio of medians.
+    Returns the seconds per call of each, round by round, and the ratio (second / first) of the
+    two timings taken back to back in each round: a load spike from other processes hits both
+    halves of a pair, so the paired ratios are steadier than a ratio of medians.
     """
     (na, fa), (nb, fb) = fns.items()
     fa(), fb()  # warm-up
@@ -102,12 +103,10 @@ def _paired(fns: dict, repeats: int, inner: int) -> tuple[dict[str, float], floa
             b = _time(fb, 1, inner)[0]
         ta.append(a)
         tb.append(b)
-    ratio = statistics.median(y / x for x, y in zip(ta, tb))
-    return {na: statistics.median(ta), nb: statistics.median(tb)}, ratio
+    return {na: ta, nb: tb}, [y / x for x, y in zip(ta, tb)]
 
 
-def bench_loss(quick: bool) -> list[tuple[str, str, str, str]]:
-    rows = []
+def bench_loss(report: Report, quick: bool) -> None:
     n, k, d = 4096, 10, 2
     repeats, inner = (20, 1) if quick else (300, 1)
     default_threads = torch.get_num_threads()
@@ -127,7 +126,7 @@ def bench_loss(quick: bool) -> list[tuple[str, str, str, str]]:
                 a = _ours_loss(*leaves, full).item()
                 b = _torch_loss(*leaves, full).item()
                 assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
-                med, ratio = _paired(
+                times, ratios = _paired(
                     {
                         "ours": lambda step=step: step(_ours_loss),
                         "torch": lambda step=step: step(_torch_loss),
@@ -136,17 +135,19 @@ def bench_loss(quick: bool) -> list[tuple[str, str, str, str]]:
                     inner,
                 )
                 kind = "full" if full else "diagonal"
-                rows.append(
-                    (
-                        f"loss fwd+bwd, {kind}, N={n}, K={k}, D={d}, {threads} thread(s)",
-                        f"{med['ours'] * 1e3:.3f} ms",
-                        f"MixtureSameFamily {med['torch'] * 1e3:.3f} ms",
-                        f"{ratio:.2f}x faster",
-                    )
+                what = f"loss fwd+bwd, {kind}, N={n}, K={k}, D={d}, {threads} thread(s)"
+                report.add(
+                    f"{what}: mdnkit", [t * 1e3 for t in times["ours"]], "ms", better="lower"
+                )
+                report.add(
+                    f"{what}: speed-up",
+                    ratios,
+                    "x",
+                    competitor=f"MixtureSameFamily {statistics.median(times['torch']) * 1e3:.3f} ms",
+                    target=">= 3x" if kind == "diagonal" else None,
                 )
         finally:
             torch.set_num_threads(default_threads)
-    return rows
 
 
 def _keras_sampler():
@@ -158,64 +159,92 @@ def _keras_sampler():
     return keras_mdn_layer.sample_from_output, None
 
 
-def bench_sampling(quick: bool) -> list[tuple[str, str, str, str]]:
-    rows = []
-    n, k = (20_000 if quick else 200_000), 10
+def _sampling_leaves(n: int, k: int):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, k, generator=g)
+    loc = torch.randn(n, k, 1, generator=g) * 3
+    scale = torch.rand(n, k, 1, generator=g) + 0.1
+    return logits, loc, scale
+
+
+def _bench_sampling_torch(report: Report, n: int, k: int, repeats: int) -> None:
+    logits, loc, scale = _sampling_leaves(n, k)
+
+    def ours_built(validate):
+        return GaussianMixture(logits, loc, scale, validate_args=validate).sample(generator=1)
+
+    def theirs_built(validate):
+        cat = td.Categorical(logits=logits, validate_args=validate)
+        comp = td.Independent(td.Normal(loc, scale, validate_args=validate), 1)
+        return td.MixtureSameFamily(cat, comp, validate_args=validate).sample()
+
+    ours_pre = GaussianMixture(logits, loc, scale)
+    theirs_pre = td.MixtureSameFamily(
+        td.Categorical(logits=logits), td.Independent(td.Normal(loc, scale), 1)
+    )
+    cases = {
+        "built with validation off": (lambda: ours_built(False), lambda: theirs_built(False)),
+        "built with default validation": (lambda: ours_built(None), lambda: theirs_built(None)),
+        "prebuilt": (lambda: ours_pre.sample(generator=1), theirs_pre.sample),
+    }
+    for what, (ours, theirs) in cases.items():
+        times, ratios = _paired({"ours": ours, "torch": theirs}, repeats, 1)
+        name = f"sample 1-D, K={k}, {n} rows, 1 thread, {what}"
+        report.add(
+            f"{name}: mdnkit", [t / n * 1e9 for t in times["ours"]], "ns/row", better="lower"
+        )
+        report.add(
+            f"{name}: speed-up",
+            ratios,
+            "x",
+            competitor=f"MixtureSameFamily {statistics.median(times['torch']) / n * 1e9:.0f} ns/row",
+        )
+
+
+def _bench_sampling_keras(report: Report, k: int, quick: bool) -> None:
+    sampler, err = _keras_sampler()
+    if sampler is None:
+        print(f"sampling against keras-mdn-layer not run ({err})")
+        return
+    m = 500 if quick else 3000
+    logits, loc, scale = _sampling_leaves(m, k)
+    # The Keras layer's flat layout: K*D means, K*D sigmas, K logits.
+    flat = torch.cat([loc[:, :, 0], scale[:, :, 0], logits], -1).numpy().astype(np.float64)
+    np.random.seed(0)  # noqa: NPY002 (the competitor draws from NumPy's global state)
+
+    def keras_rows():
+        return np.apply_along_axis(sampler, 1, flat, 1, k, temp=1.0, sigma_temp=1.0)
+
+    # Both sides draw the same m rows per call, built from the flat Keras layout as a user of
+    # the Keras front would (default validation): the fixed cost per call counts.
+    def ours():
+        return GaussianMixture(logits, loc, scale).sample(generator=1)
+
+    times, ratios = _paired({"ours": ours, "keras": keras_rows}, 3 if quick else 7, 1)
+    report.add(
+        f"sample 1-D, K={k}, {m} rows a call, 1 thread: mdnkit",
+        [t / m * 1e9 for t in times["ours"]],
+        "ns/row",
+        better="lower",
+    )
+    report.add(
+        f"sample 1-D, K={k}, {m} rows a call, 1 thread: speed-up per row",
+        ratios,
+        "x",
+        competitor=f"keras-mdn-layer sample_from_output "
+        f"{statistics.median(times['keras']) / m * 1e6:.1f} µs/row",
+        target=">= 2000x",
+    )
+
+
+def bench_sampling(report: Report, quick: bool) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        g = torch.Generator().manual_seed(0)
-        logits = torch.randn(n, k, generator=g)
-        loc = torch.randn(n, k, 1, generator=g) * 3
-        scale = torch.rand(n, k, 1, generator=g) + 0.1
-        repeats = 3 if quick else 15
-
-        def ours():
-            return GaussianMixture(logits, loc, scale, validate_args=False).sample(generator=1)
-
-        def theirs():
-            cat = td.Categorical(logits=logits, validate_args=False)
-            comp = td.Independent(td.Normal(loc, scale, validate_args=False), 1)
-            return td.MixtureSameFamily(cat, comp, validate_args=False).sample()
-
-        med, ratio = _paired({"ours": ours, "torch": theirs}, repeats, 1)
-        per_row_ours = med["ours"] / n
-        rows.append(
-            (
-                f"sample 1-D, K={k}, {n} rows, 1 thread",
-                f"{med['ours'] * 1e3:.2f} ms ({per_row_ours * 1e9:.1f} ns/row)",
-                f"MixtureSameFamily {med['torch'] * 1e3:.2f} ms",
-                f"{ratio:.2f}x faster",
-            )
-        )
-        sampler, err = _keras_sampler()
-        if sampler is None:
-            rows.append(("sample vs keras-mdn-layer", "-", f"not run ({err})", "-"))
-            return rows
-        m = 500 if quick else 3000
-        # The Keras layer's flat layout: K*D means, K*D sigmas, K logits.
-        flat = (
-            torch.cat([loc[:m, :, 0], scale[:m, :, 0], logits[:m]], -1).numpy().astype(np.float64)
-        )
-        np.random.seed(0)  # noqa: NPY002 (the competitor draws from NumPy's global state)
-
-        def keras_rows():
-            return np.apply_along_axis(sampler, 1, flat, 1, k, temp=1.0, sigma_temp=1.0)
-
-        # Per-row times, paired: one call of ours (n rows) and one of Keras (m rows) back to back.
-        med_k, ratio_k = _paired({"ours": ours, "keras": keras_rows}, 3 if quick else 7, 1)
-        ratio_k *= n / m
-        rows.append(
-            (
-                f"sample 1-D, K={k}, per row, 1 thread",
-                f"{med_k['ours'] / n * 1e9:.1f} ns/row",
-                f"keras-mdn-layer sample_from_output {med_k['keras'] / m * 1e6:.1f} µs/row ({m} rows)",
-                f"{ratio_k:.0f}x faster",
-            )
-        )
+        _bench_sampling_torch(report, 20_000 if quick else 200_000, 10, 3 if quick else 15)
+        _bench_sampling_keras(report, 10, quick)
     finally:
         torch.set_num_threads(threads)
-    return rows
 
 
 _MEMORY_CHILD = r"""
@@ -246,7 +275,7 @@ print(max(peak - before, 0))
 """
 
 
-def bench_memory(quick: bool) -> list[tuple[str, str, str, str]]:
+def bench_memory(report: Report, quick: bool) -> None:
     n = 2**15 if quick else 2**18
     code = _MEMORY_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
     out = {}
@@ -264,21 +293,16 @@ def bench_memory(quick: bool) -> list[tuple[str, str, str, str]]:
                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
             )
             vals.append(int(res.stdout.strip().splitlines()[-1]))
-        out[which] = statistics.median(vals)
+        out[which] = vals
     mib = 1024 * 1024
     inputs = n * (10 + 10 * 2 * 2 + 2) * 4 / mib
-    return [
-        (
-            f"peak memory of loss fwd+bwd, diagonal, N={n}, K=10, D=2 (inputs {inputs:.0f} MiB)",
-            f"{out['ours'] / mib:.0f} MiB",
-            f"MixtureSameFamily {out['torch'] / mib:.0f} MiB",
-            f"{out['torch'] / max(out['ours'], 1):.2f}x less",
-        )
-    ]
+    what = f"peak memory of loss fwd+bwd, diagonal, N={n}, K=10, D=2 (inputs {inputs:.0f} MiB)"
+    report.add(f"{what}: mdnkit", [v / mib for v in out["ours"]], "MiB", better="lower")
+    report.add(f"{what}: MixtureSameFamily", [v / mib for v in out["torch"]], "MiB", better="lower")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmarks and print a markdown table."""
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmarks, print a markdown table, and write ``--json`` when asked."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--quick", action="store_true", help="a fast smoke run (small sizes, few repeats)"
@@ -286,23 +310,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--only", choices=("loss", "sampling", "memory"), default=None, help="run one benchmark"
     )
+    add_json_argument(p)
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    rows = []
+    report = Report("bench_core" + (" (quick)" if args.quick else ""), __doc__)
+    print(f"{torch.get_num_threads()} torch threads by default, {os.cpu_count()} CPUs")
     if args.only in (None, "loss"):
-        rows += bench_loss(args.quick)
+        bench_loss(report, args.quick)
     if args.only in (None, "sampling"):
-        rows += bench_sampling(args.quick)
+        bench_sampling(report, args.quick)
     if args.only in (None, "memory"):
-        rows += bench_memory(args.quick)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs{' (quick run)' if args.quick else ''}\n"
-    )
-    print("| benchmark | mdnkit | competitor | ratio |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+        bench_memory(report, args.quick)
+    return report.finish(args.json)
 
 
 if __name__ == "__main__":

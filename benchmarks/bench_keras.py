@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from report import Report, add_json_argument  # noqa: E402
 
 from mdnkit import keras as mdn  # noqa: E402
 
@@ -63,8 +63,8 @@ def course_model(module) -> keras.Sequential:
 def train_interleaved(impls, init_weights, data, epochs: int, rounds: int) -> dict:
     """Train one model per implementation for ``epochs`` epochs in ``rounds`` alternating
     chunks (A, B, B, A, ...), so that changes in machine load hit both alike. Returns, per
-    implementation, wall seconds, process CPU seconds and the test NLL per point (the same
-    SciPy-checked formula for both: mdnkit's per-sample loss)."""
+    implementation, wall seconds, process CPU seconds, the test NLL per point (the same
+    SciPy-checked formula for both: mdnkit's per-sample loss) and each chunk's wall seconds."""
     (x, y), (xt, yt) = data
     models = {}
     for name, module in impls:
@@ -75,13 +75,15 @@ def train_interleaved(impls, init_weights, data, epochs: int, rounds: int) -> di
         models[name].set_weights(init_weights)
     wall = dict.fromkeys(models, 0.0)
     cpu = dict.fromkeys(models, 0.0)
+    chunks: dict[str, list[float]] = {name: [] for name in models}
     chunk = epochs // rounds
     for r in range(rounds):
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for name in order:
             w0, c0 = time.perf_counter(), time.process_time()
             models[name].fit(x, y, batch_size=128, epochs=chunk, validation_split=0.15, verbose=0)
-            wall[name] += time.perf_counter() - w0
+            chunks[name].append(time.perf_counter() - w0)
+            wall[name] += chunks[name][-1]
             cpu[name] += time.process_time() - c0
         print(
             f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {wall[n]:.1f} s" for n in models),
@@ -94,6 +96,7 @@ def train_interleaved(impls, init_weights, data, epochs: int, rounds: int) -> di
             wall[name],
             cpu[name],
             float(keras.ops.mean(nll_fn.call(yt, keras.ops.convert_to_numpy(model(xt))))),
+            chunks[name],
         )
         for name, model in models.items()
     }
@@ -102,6 +105,7 @@ def train_interleaved(impls, init_weights, data, epochs: int, rounds: int) -> di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Benchmark mdnkit.keras vs keras-mdn-layer.")
     parser.add_argument("--quick", action="store_true", help="20 epochs, fewer sampling rows")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     epochs = 20 if args.quick else 200
     rounds = 10 if args.quick else 20
@@ -111,27 +115,23 @@ def main(argv: list[str] | None = None) -> None:
     data = (inverted_sine(3000, seed=0), inverted_sine(2000, seed=1))
     keras.utils.set_random_seed(0)
     init = course_model(mdn).get_weights()
-    rows = []
+    report = Report(f"bench_keras ({keras.backend.backend()} backend)", __doc__)
 
     # --- training, interleaved in chunks ------------------------------------------------
     impls = [("mdnkit.keras", mdn)] + ([("keras-mdn-layer 1.0.0", classic)] if classic else [])
     results = train_interleaved(impls, init, data, epochs, rounds)
-    for name, (wall, cpu, nll) in results.items():
-        rows.append(
-            (
-                f"train course model, {epochs} epochs ({name})",
-                f"{wall:.2f} s wall, {cpu:.2f} s CPU",
-                f"test NLL {nll:.3f}",
-            )
-        )
+    for name, (wall, cpu, nll, _) in results.items():
+        report.add(f"train course model, {epochs} epochs ({name}): wall", wall, "s", better="lower",
+                   note=f"{cpu:.2f} s CPU; test NLL {nll:.3f}")  # fmt: skip
     if classic:
-        ours, theirs = results["mdnkit.keras"], results["keras-mdn-layer 1.0.0"]
-        rows.append(
-            (
-                "training time ratio mdnkit / classic",
-                f"{ours[0] / theirs[0]:.2f} wall, {ours[1] / theirs[1]:.2f} CPU",
-                "target <= 1",
-            )
+        ours, theirs = results["mdnkit.keras"][3], results["keras-mdn-layer 1.0.0"][3]
+        report.add(
+            "training time ratio mdnkit / classic, chunk by chunk",
+            [a / b for a, b in zip(ours, theirs)],
+            "x",
+            better="lower",
+            competitor="keras-mdn-layer 1.0.0",
+            target="<= 1",
         )
 
     # --- sampling: the same float32 predictions for both; rounds interleaved ----------------
@@ -152,36 +152,20 @@ def main(argv: list[str] | None = None) -> None:
                 classic.sample_from_output, 1, preds[:rows_classic], 1, N_MIXES, temp=1.0
             )
             theirs.append((time.perf_counter() - start) / rows_classic * 1e6)
-    ours_us = statistics.median(ours)
-    rows.append(
-        (
-            f"sample_from_output, one call on {rows_ours} rows (mdnkit.keras)",
-            f"{ours_us * 1000:.0f} ns/row",
-            "median of 5",
-        )
-    )
+    report.add(f"sample_from_output, one call on {rows_ours} rows (mdnkit.keras)",
+               [u * 1000 for u in ours], "ns/row", better="lower")  # fmt: skip
     if classic:
-        classic_us = statistics.median(theirs)
-        rows.append(
-            (
-                f"sample_from_output, per row on {rows_classic} rows (keras-mdn-layer)",
-                f"{classic_us:.1f} us/row",
-                "median of 5, np.apply_along_axis as in the course",
-            )
+        report.add(
+            "sample_from_output per-row speed-up, round by round",
+            [b / a for a, b in zip(ours, theirs)],
+            "x",
+            competitor=f"keras-mdn-layer row by row (np.apply_along_axis), "
+            f"{statistics.median(theirs):.1f} µs/row on {rows_classic} rows",
+            target=">= 1000x",
         )
-        rows.append(
-            ("sampling speed-up per row", f"{classic_us / ours_us:,.0f}x", "target >= 1000x")
-        )
-
-    print(
-        f"Keras {keras.__version__}, backend {keras.backend.backend()}, "
-        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"{'quick' if args.quick else 'full'} run\n"
-    )
-    print("| measurement | result | note |")
-    print("|---|---|---|")
-    for what, result, note in rows:
-        print(f"| {what} | {result} | {note} |")
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, "
+          f"{'quick' if args.quick else 'full'} run")  # fmt: skip
+    report.finish(args.json)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ Targets: median <= 1 ms, p99 <= 5 ms; memory after 100 000 events equal to that 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import Report, add_json_argument
 
 from mdnkit import MDNRNN, save
 from mdnkit.serve import encode_osc
@@ -65,14 +64,15 @@ def round_trips(sock: socket.socket, port: int, packets: list[bytes], n: int) ->
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dim", type=int, default=8)
     ap.add_argument("-k", "--components", type=int, default=5)
-    args = ap.parse_args()
+    add_json_argument(ap)
+    args = ap.parse_args(argv)
 
     torch.manual_seed(0)
     model = MDNRNN(args.dim, hidden_size=args.hidden, num_layers=args.layers,
@@ -96,21 +96,23 @@ def main() -> None:
             proc.send_signal(2)
             proc.wait(10)
     times = np.concatenate([first, rest]) * 1e6
-    load = os.getloadavg()
-    print(
-        f"mdnkit serve, OSC over loopback, echo mode: LSTM {args.layers}x{args.hidden}, "
-        f"D={args.dim}, K={args.components}; {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}"
-    )
-    print(f"load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("| events | median µs | p90 µs | p99 µs | max µs |")
-    print("|---:|---:|---:|---:|---:|")
     med, p90, p99 = np.percentile(times, [50, 90, 99])
-    print(f"| {len(times)} | {med:.0f} | {p90:.0f} | {p99:.0f} | {times.max():.0f} |")
-    print(f"server RSS after 1 000 events: {rss_1k} KiB; after {len(times) + 200}: {rss_all} KiB "
-          f"({rss_all - rss_1k:+d} KiB)")  # fmt: skip
-    ok = med <= 1000 and p99 <= 5000
-    print(f"targets (median <= 1000 µs, p99 <= 5000 µs): {'met' if ok else 'NOT met'}")
+    # Figures per block of 1 000 round trips: the spread of the median over the run.
+    blocks = [np.median(times[i : i + 1000]) for i in range(0, len(times) - 999, 1000)]
+    report = Report("bench_live", __doc__)
+    note = (
+        f"OSC over loopback, echo mode, LSTM {args.layers}x{args.hidden}, D={args.dim}, "
+        f"K={args.components}, {len(times)} events"
+    )
+    report.add("round trip, median per 1 000 events", blocks, "µs", better="lower",
+               target="<= 1000 µs", note=note)  # fmt: skip
+    report.add("round trip, p90", float(p90), "µs", better="lower")
+    report.add("round trip, p99", float(p99), "µs", better="lower", target="<= 5000 µs")
+    report.add("round trip, max", float(times.max()), "µs", better="lower")
+    report.add("server RSS after 1 000 events", rss_1k / 1024, "MiB", better="lower")
+    report.add(f"server RSS growth after {len(times) + 200} events", (rss_all - rss_1k) / 1024,
+               "MiB", better="lower", target="0")  # fmt: skip
+    report.finish(args.json)
 
 
 if __name__ == "__main__":

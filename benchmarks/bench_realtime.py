@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import Report, add_json_argument  # noqa: E402
 
 from mdnkit.sequence import MDNRNN, OnnxGenerator, export_onnx  # noqa: E402
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     repeats = args.repeats or (3 if args.quick else 15)
@@ -147,22 +148,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for name, (step, event, n) in routes.items():
                 times[name].append(_per_step(step, event, n))
     med = {name: statistics.median(v) for name, v in times.items()}
-    ours = med["mdnkit StepGenerator (NumPy)"]
-    keras_best = min((v for k, v in med.items() if k.startswith("Keras")), default=float("nan"))
-    print(
-        f"Real-time generation, one stream: LSTM {H}x{LAYERS}, D={D}, K={K}; median of {repeats} "
-        f"repeats; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, 1 torch thread\n"
-    )
-    print("| route | µs per event | vs mdnkit |")
-    print("|---|---:|---:|")
-    for name, v in med.items():
-        print(f"| {name} | {v * 1e6:.0f} | {v / ours:.1f}x |")
-    print(
-        f"\nmdnkit StepGenerator: {ours * 1e6:.0f} µs per event "
-        f"({'meets' if ours <= 100e-6 else 'misses'} the 100 µs target); "
-        f"{keras_best / ours:.0f}x faster than the fastest Keras route."
-    )
+    ours = times["mdnkit StepGenerator (NumPy)"]
+    report = Report("bench_realtime", __doc__)
+    for name, v in times.items():
+        report.add(
+            f"{name}: µs per event",
+            [t * 1e6 for t in v],
+            "µs",
+            better="lower",
+            target="<= 15 µs" if v is ours else None,
+            note=f"LSTM {H}x{LAYERS}, D={D}, K={K}, 1 torch thread",
+        )
+    keras = [k for k in times if k.startswith("Keras")]
+    if keras:
+        best = min(keras, key=lambda k: med[k])
+        report.add(
+            "mdnkit StepGenerator speed-up over the fastest Keras route",
+            [b / a for a, b in zip(ours, times[best])],
+            "x",
+            competitor=best,
+        )
+    report.finish(args.json)
     return med
 
 

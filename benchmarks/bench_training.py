@@ -26,11 +26,12 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from report import Report, add_json_argument
 
 N_TRAIN, N_TEST, K = 3000, 20_000, 10
 
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="mdnkit,keras-torch,keras-jax")
     ap.add_argument("--profile", action="store_true", help="break one mdnkit step down instead")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_json_argument(ap)
     args = ap.parse_args(argv)
     if args.profile:
         _profile()
@@ -189,39 +191,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"test NLL {res['nll']:.4f}",
                 flush=True,
             )
-    from importlib.metadata import version
-
-    med = {
-        k: (statistics.median(x["seconds"] for x in v), statistics.median(x["nll"] for x in v))
-        for k, v in results.items()
-    }
-    print()
-    print(
-        f"{args.epochs} epochs, {N_TRAIN} training points, test NLL on {N_TEST} fresh points "
-        f"(H(Y|X) = 1.288), medians of {args.repeats} runs (seeds {args.seed}..{args.seed + args.repeats - 1}); "
-        f"torch {version('torch')}, keras {version('keras')}, jax {version('jax')}, "
-        f"keras-mdn-layer {version('keras-mdn-layer')}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
-    )
-    print()
-    print("| trainer | seconds (median) | test NLL (median) | runs (s / NLL) |")
-    print("|---|---|---|---|")
-    for k, (sec, nll) in med.items():
-        runs = ", ".join(f"{x['seconds']:.1f} / {x['nll']:.3f}" for x in results[k])
-        print(f"| {k} | {sec:.2f} | {nll:.4f} | {runs} |")
-    keras_kinds = [k for k in med if k.startswith("keras")]
-    if "mdnkit" in med and keras_kinds:
-        fastest = min(keras_kinds, key=lambda k: med[k][0])
-        print()
-        paired = [
-            f"{k['seconds'] / m['seconds']:.2f}x"
-            for m, k in zip(results["mdnkit"], results[fastest])
-        ]
-        print(
-            f"mdnkit is {med[fastest][0] / med['mdnkit'][0]:.2f}x faster than the faster Keras "
-            f"({fastest}; round by round {', '.join(paired)}); "
-            f"NLL {med['mdnkit'][1]:.4f} vs {med[fastest][1]:.4f}"
+    report = Report("bench_training", __doc__)
+    for k, runs in results.items():
+        report.add(f"{k}: training seconds", [x["seconds"] for x in runs], "s", better="lower")
+        report.add(
+            f"{k}: test NLL (H(Y|X) = 1.288)",
+            [x["nll"] for x in runs],
+            "nats",
+            better="lower",
+            note=f"{args.epochs} epochs, {N_TRAIN} points, {N_TEST} test points",
         )
+    keras_kinds = [k for k in results if k.startswith("keras")]
+    if "mdnkit" in results and keras_kinds:
+        fastest = min(
+            keras_kinds, key=lambda k: statistics.median(x["seconds"] for x in results[k])
+        )
+        report.add(
+            "training speed-up over the faster Keras, round by round",
+            [k["seconds"] / m["seconds"] for m, k in zip(results["mdnkit"], results[fastest])],
+            "x",
+            competitor=f"keras-mdn-layer 1.0.0 on {fastest}",
+            target=">= 5x",
+        )
+    report.finish(args.json)
     return 0
 
 
