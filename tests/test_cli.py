@@ -307,3 +307,63 @@ def test_export_mdnrnn_to_onnx(capsys, tmp_path):
     )
     _assert_one_line_error(code, err, "MDNRNN")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_repeated_column_name_chosen_by_position(capsys, tmp_path):
+    data = tmp_path / "aa.csv"
+    x, y = inverted_sine(200, seed=1)
+    write_csv(data, ["a", "a"], np.hstack([x, y]).astype(np.float64))
+    out = tmp_path / "m.mdn"
+    code, _, err = _run(capsys, "fit", data, "--x", 0, "--y", 1, "--epochs", 1, "-o", out)
+    assert code == 0, err
+    code, out_text, err = _run(capsys, "eval", out, data, "--x", 0, "--y", 1, "--json")
+    assert code == 0, err
+    assert json.loads(out_text)["rows"] == 200
+    code, _, err = _run(capsys, "eval", out, data)  # the stored name 'a' is ambiguous here
+    _assert_one_line_error(code, err, "'a' is ambiguous", "by position")
+
+
+def test_warnings_are_held_back_one_line_each_after_success(capsys, monkeypatch):
+    import warnings
+
+    from mdnkit import cli
+
+    def noisy(args):
+        for _ in range(3):
+            warnings.warn("overflow encountered\nin cast", RuntimeWarning, stacklevel=1)
+        if args.json:
+            raise ValueError("the command failed")
+        return 0
+
+    monkeypatch.setitem(cli._COMMANDS, "info", noisy)
+    code, _, err = _run(capsys, "info", "m.mdn")
+    assert code == 0 and err.splitlines() == ["mdnkit info: warning: overflow encountered in cast"]
+    code, _, err = _run(capsys, "info", "m.mdn", "--json")
+    _assert_one_line_error(code, err, "the command failed")
+
+
+def test_sample_memory_grows_with_n_not_with_the_chunk(capsys, monkeypatch, tmp_path, model_file):
+    """-n 70 over 2100 rows: the sampled rows per chunk stay near chunk_rows(), and the output
+    is the same as with the whole file in one chunk."""
+    from mdnkit import cli
+
+    data = tmp_path / "d.csv"
+    x, y = inverted_sine(2100, seed=2)
+    write_csv(data, ["x", "y"], np.hstack([x, y]).astype(np.float64))
+    seen = []
+    real = cli._sample_chunk
+
+    def spy(net, x, start, args):
+        seen.append(len(x))
+        return real(net, x, start, args)
+
+    monkeypatch.setattr(cli, "_sample_chunk", spy)
+    out1, out2 = tmp_path / "a.csv", tmp_path / "b.csv"
+    code, _, err = _run(capsys, "sample", model_file, data, "-n", 70, "-o", out1)
+    assert code == 0, err
+    assert seen == [1024, 1024, 52]  # 65 536 // 70 rows, in whole sampling blocks of 1024
+    monkeypatch.setenv("MDNKIT_CSV_CHUNK_ROWS", "5000000")
+    seen.clear()
+    code, _, err = _run(capsys, "sample", model_file, data, "-n", 70, "-o", out2)
+    assert code == 0 and seen == [2100]  # 5e6 // 70 rows a chunk: the whole file
+    assert out1.read_bytes() == out2.read_bytes()

@@ -314,10 +314,11 @@ def test_plot_reads_a_seeded_subset(capsys, monkeypatch, tmp_path, model, data):
     monkeypatch.setattr(cli, "_PLOT_ROWS", 100)
     monkeypatch.setenv(CHUNK_ROWS_ENV, "33")
     table = CsvTable(data)
-    x, y = cli._plot_rows(table, table.resolve(["a", "b"]), table.resolve(["y1", "y2"]), seed=0)
-    assert x.shape == (100, 2) and y.shape == (100, 2)
+    # what `plot` draws: sample_rows over the table's chunks, at most cli._PLOT_ROWS rows
+    picked, _ = sample_rows(table.chunks(table.resolve(["a", "b", "y1", "y2"])), 100, seed=0)
+    picked = picked.astype(np.float32)
+    assert picked.shape == (100, 4)
     full = read_csv(data, ["a", "b", "y1", "y2"])
-    picked = np.hstack([x, y])
     assert all((full == row).all(1).any() for row in picked)  # real rows, in file order
     where = [int(np.flatnonzero((full == row).all(1))[0]) for row in picked]
     assert where == sorted(where)
@@ -335,3 +336,36 @@ def test_sample_rows_does_not_depend_on_chunking():
         np.testing.assert_array_equal(got, ref)
     everything, _ = sample_rows([rows[:10], rows[10:20]], 50, seed=4)
     np.testing.assert_array_equal(everything, rows[:20])
+
+
+def test_eval_of_a_table_larger_than_one_chunk_equals_in_memory_metrics(capsys, folder, model):
+    """The default chunk (65 536 rows) and the pieces eval scores at once (8192 rows) both cut
+    this table: the streamed sums and counts equal the metrics of the whole table at once."""
+    from mdnkit import metrics
+    from mdnkit.io import load
+
+    rows = 70_000
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(rows, 2))
+    y = np.column_stack([np.sin(2 * x[:, 0]), x[:, 1] ** 2]) + 0.3 * rng.normal(size=(rows, 2))
+    path = folder / "larger.csv"
+    # 17 significant digits read back exactly, so the file holds these very numbers
+    np.savetxt(path, np.hstack([x, y]), fmt="%.17g", delimiter=",", header="a,b,y1,y2", comments="")
+    code, out, err = _run(capsys, "eval", model, path, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    with torch.no_grad():  # everything at once, as float32 like the reader's rows
+        m = load(model)(torch.as_tensor(x, dtype=torch.float32))
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        ref = {
+            "nll": float(metrics.nll(m, yt, reduction="none").double().mean()),
+            "crps": float(metrics.crps(m, yt)),
+            "rmse": math.sqrt(float((m.mean - yt).double().square().mean())),
+        }
+        inside = int(metrics.interval_coverage(m, yt, 0.9, reduction="none").sum())
+        calibration = metrics.calibration_error(metrics.pit(m, yt))
+    assert res["rows"] == rows
+    for key in ("nll", "crps", "rmse"):
+        assert res[key] == pytest.approx(ref[key], rel=1e-9, abs=0), key
+    assert round(res["coverage"] * 2 * rows) == inside
+    assert res["calibration_error"] == calibration

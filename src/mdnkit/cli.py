@@ -13,9 +13,11 @@
 CSV files have a header row; columns are given by name or 0-based position (``--x a,b``,
 ``--y 2``).  ``fit`` stores the column names in the model file, so ``eval``, ``sample`` and
 ``plot`` find them again by name.  Every problem with the input (a missing file or column, a
-non-numeric cell, NaN or inf, an empty file, ragged rows, a file that is not a model, a bad
-option value) is reported as ONE line on stderr with exit status 2, and no output file is
-written; output files are written atomically.  See ``docs/cli.md``.
+non-numeric cell, NaN or inf, a number beyond float32's range or a column float32 would round
+away, an ambiguous column name, an empty file, ragged rows, a line without end, a file that is
+not a model, an output that is an input, a size that cannot be allocated, a bad option value)
+is reported as ONE line on stderr with exit status 2, and no output file is written; output
+files are written atomically.  See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -178,18 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
     s.add_argument("-o", "--output", required=True, metavar="OUT.csv")
 
-    pl = sub.add_parser("plot", help="draw the model (density heatmap by default) to a PNG")
-    pl.add_argument("model", metavar="MODEL")
-    pl.add_argument("data", metavar="DATA.csv", nargs="?", default=None)
-    pl.add_argument(
-        "--kind", choices=("density", "samples", "components", "pit"), default="density"
+    pl = sub.add_parser(
+        "plot",
+        help="draw the model to a PNG (calibration for several inputs, else the density)",
     )
-    pl.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
-    pl.add_argument("--y", type=_columns, default=None, help="override the stored target columns")
-    pl.add_argument("--x-dim", type=_int, default=0, help="input column on the horizontal axis")
-    pl.add_argument("--y-dim", type=_int, default=0, help="output dimension shown")
-    pl.add_argument("--seed", type=_int, default=0)
-    pl.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    _plot_arguments(pl)
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", metavar="MODEL")
@@ -227,11 +223,60 @@ def _checkpoint_arguments(f: argparse.ArgumentParser) -> None:
     )
 
 
+def _plot_arguments(pl: argparse.ArgumentParser) -> None:
+    """``plot``'s arguments (see plotting's notes on models of several inputs)."""
+    pl.add_argument("model", metavar="MODEL")
+    pl.add_argument("data", metavar="DATA.csv", nargs="?", default=None)
+    pl.add_argument(
+        "--kind",
+        choices=(
+            "auto",
+            "calibration",
+            "intervals",
+            "coverage",
+            "pit",
+            "density",
+            "samples",
+            "components",
+        ),
+        default="auto",
+        help="auto: calibration (intervals, PIT, coverage) for a model of several inputs with "
+        "DATA.csv, else density; density, samples and components show a slice through the "
+        "input --x-dim, the other inputs held (--at)",
+    )
+    pl.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
+    pl.add_argument("--y", type=_columns, default=None, help="override the stored target columns")
+    pl.add_argument(
+        "--x-dim",
+        default="0",
+        metavar="COLUMN",
+        help="input on the horizontal axis: name or position",
+    )
+    pl.add_argument("--y-dim", default="0", metavar="COLUMN", help="target shown: name or position")
+    pl.add_argument(
+        "--at",
+        type=_columns,
+        default=None,
+        metavar="NAME=VALUE,...",
+        help="values the other inputs are held at in a slice (default: their mean over the rows)",
+    )
+    pl.add_argument("--seed", type=_int, default=0)
+    pl.add_argument("-o", "--output", required=True, metavar="FIG.png")
+
+
 # ------------------------------------------------------------------------------ helpers
-def _check_output(path: str, suffixes: Sequence[str] | None = None) -> Path:
-    """Fail early (before any work) when the output cannot be written."""
+def _check_output(
+    path: str, suffixes: Sequence[str] | None = None, inputs: Sequence[str | None] = ()
+) -> Path:
+    """Fail early (before any work) when the output cannot be written, or is one of the
+    ``inputs`` (the same file by any name: a symbolic or hard link too)."""
     out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
+    for other in inputs:
+        if other is not None and _same_file(path, other):
+            raise CliError(
+                f"{path}: is also the input file {other}; write the output to another file"
+            )
+    folder = Path(os.path.realpath(out)).parent  # a symbolic link is written through
     if not folder.is_dir():
         raise CliError(f"{path}: the folder {str(folder)!r} does not exist")
     if out.is_dir():
@@ -243,6 +288,14 @@ def _check_output(path: str, suffixes: Sequence[str] | None = None) -> Path:
     return out
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name the same file (or would: links resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _load_model(path: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
     """(model, user metadata, verified header), from one read of the file."""
     from .io import load_with_header  # never unpickles
@@ -250,7 +303,13 @@ def _load_model(path: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
     if not os.path.exists(path):
         raise CliError(f"{path}: no such model file")
     model, header = load_with_header(path)
-    return model, json.loads(header["user"]), header
+    try:
+        meta = json.loads(header["user"])
+    except (ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CliError(f"{path}: its user metadata is not a JSON object (expected a dict)")
+    return model, meta, header
 
 
 def _network(model: Any, path: str, command: str):
@@ -290,6 +349,11 @@ def _stored_columns(meta: dict[str, Any], key: str, override, n: int, first: int
         cols = list(override)
     elif isinstance(meta.get(key), list):
         cols = list(meta[key])
+        if not all(isinstance(c, str) or type(c) is int for c in cols):
+            raise CliError(
+                f"the model file's {key} must be a list of column names or positions, "
+                f"found {cols!r:.200}"
+            )
     else:  # a model saved from Python without column names: positions
         cols = list(range(first, first + n))
     if len(cols) != n:
@@ -317,6 +381,14 @@ def _predict(net, x: np.ndarray):
         return net(torch.as_tensor(x, dtype=net.x_mean.dtype))
 
 
+def _model_scales(net, x_idx: Sequence[int], y_idx: Sequence[int]) -> dict[int, float]:
+    """Column position -> the scale the model's standardisation divides it by."""
+    return {
+        **dict(zip(x_idx, net.x_std.tolist())),
+        **dict(zip(y_idx, net.y_std.tolist())),
+    }
+
+
 def _describe(net) -> str:
     return (
         f"MDN {net.in_features} -> {net.out_features}, hidden {list(net.hidden)}, "
@@ -328,6 +400,8 @@ def _describe(net) -> str:
 #: Rows of one sampling block: each block of rows of `sample` has its own generator, seeded from
 #: --seed and the block's number, so the samples do not depend on how the file is chunked.
 _SAMPLE_BLOCK_ROWS = 1024
+#: Output rows of `sample` turned into Python lists for the CSV writer at once.
+_WRITE_ROWS = 8192
 #: Rows `eval` computes the metrics of at once (the CRPS holds K x K values per row).
 _EVAL_ROWS = 8192
 #: Rows `plot` reads at most: a uniform random subset (seeded by --seed) of larger files.
@@ -345,50 +419,34 @@ def _float32(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float32)  # the precision the old whole-file reader gave
 
 
-def _eval_add(net, x: np.ndarray, y: np.ndarray, coverage: float, acc: dict) -> None:
-    """Add one chunk's sums and counts to ``acc``: sums of per-row NLL, CRPS and squared error
-    (float64), and counts of PIT values inside the central interval and below each level."""
+def _eval_add(net, x: np.ndarray, y: np.ndarray, sums) -> None:
+    """Add one chunk's scores to ``sums`` (a :class:`~mdnkit.metrics.ScoreSums`)."""
     import torch
 
-    from .metrics import crps, interval_coverage, nll, pit
-
     m = _predict(net, x)
-    yt = torch.as_tensor(y, dtype=m.loc.dtype)
-    acc["rows"] += len(yt)
-    acc["nll"] += float(nll(m, yt, reduction="none").double().sum())
-    acc["crps"] += float(crps(m, yt, reduction="none").double().sum())
-    acc["se"] += float((m.mean - yt).double().square().sum())
-    acc["values"] += yt.numel()
-    acc["inside"] += int(interval_coverage(m, yt, coverage, reduction="none").sum())
-    u = pit(m, yt).detach().double().reshape(-1, 1)
-    acc["below"] += (u <= acc["levels"]).sum(0)  # counts: F_hat(j/B) = below_j / values
+    sums.add(m, torch.as_tensor(y, dtype=m.loc.dtype))
 
 
 def _eval_metrics_streamed(net, table, x_idx, y_idx, coverage: float) -> dict[str, float]:
-    """eval's metrics over the file, one chunk at a time (each metric a sum or a count)."""
+    """eval's metrics over the file, one chunk at a time (sums and counts: metrics.ScoreSums),
+    on one intra-op CPU thread: on pieces of _EVAL_ROWS rows, more threads cost more in start-up
+    and synchronisation than they save (several times slower on a busy 2-core machine)."""
     import torch
 
-    levels = torch.arange(1, 10, dtype=torch.float64) / 10  # calibration_error's default bins
-    acc: dict[str, Any] = dict.fromkeys(("rows", "values", "inside"), 0)
-    acc.update(nll=0.0, crps=0.0, se=0.0, levels=levels, below=torch.zeros(9, dtype=torch.int64))
-    nx = len(x_idx)
-    for block in table.chunks([*x_idx, *y_idx]):
-        block = _float32(block)
-        for i in range(0, len(block), _EVAL_ROWS):  # the metrics' temporaries: K x K per row
-            part = block[i : i + _EVAL_ROWS]
-            _eval_add(net, part[:, :nx], part[:, nx:], coverage, acc)
-    n, values = acc["rows"], acc["values"]
-    # metrics.calibration_error from counts: the mean gap between F_hat(j/B) and j/B
-    emp = acc["below"].double() / values
-    return {
-        "rows": n,
-        "nll": acc["nll"] / n,
-        "crps": acc["crps"] / values,
-        "rmse": math.sqrt(acc["se"] / values),
-        "calibration_error": float((emp - levels).abs().mean()),
-        "coverage": acc["inside"] / values,
-        "nominal_coverage": coverage,
-    }
+    from .metrics import ScoreSums
+
+    sums = ScoreSums(coverage)
+    nx, threads = len(x_idx), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for block in table.chunks([*x_idx, *y_idx]):
+            block = _float32(block)
+            for i in range(0, len(block), _EVAL_ROWS):  # the metrics' temporaries: K x K per row
+                part = block[i : i + _EVAL_ROWS]
+                _eval_add(net, part[:, :nx], part[:, nx:], sums)
+    finally:
+        torch.set_num_threads(threads)
+    return {**sums.result(), "nominal_coverage": coverage}
 
 
 def _block_generator(seed: int, block: int):
@@ -423,7 +481,9 @@ def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
 
     from .tables import chunk_rows
 
-    size = -(-chunk_rows() // _SAMPLE_BLOCK_ROWS) * _SAMPLE_BLOCK_ROWS
+    n = args.num_samples
+    # input rows per chunk: about chunk_rows() output rows, in whole sampling blocks
+    size = -(-max(1, chunk_rows() // n) // _SAMPLE_BLOCK_ROWS) * _SAMPLE_BLOCK_ROWS
     written = start = 0
     with (
         atomic_path(out, suffix=".csv") as tmp,
@@ -432,21 +492,55 @@ def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
         writer = csv.writer(fh)  # floats as repr: they read back exactly
         writer.writerow(header)
         for block in table.chunks(x_idx, size=size):
+            if start == 0:
+                _check_sample_memory(min(len(block), _SAMPLE_BLOCK_ROWS), len(header), net, n)
             rows = _sample_chunk(net, _float32(block), start, args)
-            writer.writerows([int(r[0]), *r[1:]] for r in rows.tolist())
+            if not np.isfinite(rows).all():
+                r = start + int(np.argwhere(~np.isfinite(rows))[0, 0]) // n
+                raise CliError(
+                    f"{args.data}: the samples of input row {r} (0-based, the output's row "
+                    "column) are not finite: the model's float32 arithmetic overflowed"
+                )
+            for i in range(0, len(rows), _WRITE_ROWS):  # Python lists of bounded length
+                part = rows[i : i + _WRITE_ROWS].tolist()
+                writer.writerows([int(r[0]), *r[1:]] for r in part)
             start += len(block)
             written += len(rows)
     return written
 
 
-def _plot_rows(table, x_idx, y_idx, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most _PLOT_ROWS rows (x, y) of the file: all of a small file, else a uniform random
-    subset seeded by ``seed`` (see tables.sample_rows), in file order."""
+def _check_sample_memory(rows: int, width: int, net, n: int) -> None:
+    """Refuse ``-n`` when one sampling block (``rows`` input rows, ``n`` draws each) cannot be
+    held in memory: the draws, their components and noise (float32) and the output rows
+    (float64), about twice over while they are put together."""
+    from .checks import fits_in_memory
+
+    d = net.out_features
+    per_draw = 4 * (3 * d + d * d) + 8 + 2 * 8 * width
+    try:
+        fits_in_memory(f"-n {n}: {rows} rows x {n} samples at once", rows * n * per_draw)
+    except ValueError as err:
+        raise CliError(f"{err}; use a smaller -n") from None
+
+
+def _plot_rows(args, net, meta: dict[str, Any]):
+    """(x, y, input names, target names) for `plot`: at most _PLOT_ROWS rows of DATA.csv (all of
+    a small file, else a uniform random subset seeded by --seed, see tables.sample_rows, in file
+    order) and the file's names of their columns; without DATA.csv (None, None, and the names
+    the model file stores, or None)."""
     from .tables import sample_rows
 
-    rows, _ = sample_rows(table.chunks([*x_idx, *y_idx]), _PLOT_ROWS, seed=seed)
+    xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
+    yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
+    if args.data is None:
+        named = [None if isinstance(c[0], int) else [str(v) for v in c] for c in (xc, yc)]
+        return None, None, *named
+    table, x_idx, y_idx = _table_columns(args.data, xc, yc)
+    table.check_rounding(_model_scales(net, x_idx, y_idx))
+    rows, _ = sample_rows(table.chunks([*x_idx, *y_idx]), _PLOT_ROWS, seed=args.seed)
     rows = _float32(rows)
-    return rows[:, : len(x_idx)], rows[:, len(x_idx) :]
+    nx = len(x_idx)
+    return rows[:, :nx], rows[:, nx:], table.names(x_idx), table.names(y_idx)
 
 
 def _fit_memory_bytes() -> int:
@@ -618,25 +712,29 @@ def _cmd_fit(args) -> int:
     from .models import MDN
     from .training import TrainingInterrupted, fit
 
-    out = _check_output(args.output)
+    out = _check_output(args.output, inputs=(args.data, args.checkpoint))
     if (args.resume or args.checkpoint_every) and args.checkpoint is None:
         raise CliError("--resume and --checkpoint-every need --checkpoint FILE")
+    if args.checkpoint is not None:
+        _check_output(args.checkpoint, inputs=(args.data,))
     table, x_idx, y_idx = _table_columns(args.data, args.x, args.y)
     x_names, y_names = table.names(x_idx), table.names(y_idx)
-    if set(x_names) & set(y_names):
+    both = sorted(set(x_idx) & set(y_idx))  # positions: a repeated name is two columns
+    if both:
         raise CliError(
-            f"{args.data}: column(s) {', '.join(sorted(set(x_names) & set(y_names)))} "
+            f"{args.data}: column(s) {', '.join(table.names(both))} "
             f"given as both input (--x) and target (--y)"
         )
+    settings = {
+        "hidden": args.hidden,
+        "activation": args.activation,
+        "num_components": args.components,
+        "covariance": args.covariance,
+    }
+    _check_model_memory(len(x_names), len(y_names), settings)
+    table.check_rounding({})  # every column against its own spread
     torch.manual_seed(args.seed)
-    model = MDN(
-        len(x_names),
-        len(y_names),
-        hidden=args.hidden,
-        activation=args.activation,
-        num_components=args.components,
-        covariance=args.covariance,
-    )
+    model = MDN(len(x_names), len(y_names), **settings)
     rows = _training_rows(table, x_idx, y_idx, args, model, out.parent)  # the one read
     n = rows.n
     try:
@@ -688,6 +786,22 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _check_model_memory(n_in: int, n_out: int, settings: dict[str, Any]) -> None:
+    """Refuse a network whose training state cannot be held in memory: its parameters, their
+    gradients and Adam's two moments (float32), counted on the meta device (nothing allocated)."""
+    import torch
+
+    from .checks import fits_in_memory
+    from .models import MDN
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in MDN(n_in, n_out, **settings).parameters())
+    try:
+        fits_in_memory(f"a network of {params} parameters (to train)", 16 * params)
+    except ValueError as err:
+        raise CliError(f"{err}; use fewer or smaller --hidden layers or --components") from None
+
+
 def _fit_interrupted(stop, out: Path, metadata: dict[str, Any]) -> int:
     """SIGINT / SIGTERM stopped ``fit``, which wrote its checkpoint: the best model so far goes
     to the output too, one line to stderr; 130 (SIGINT) or 143 (SIGTERM)."""
@@ -716,7 +830,14 @@ def _cmd_eval(args) -> int:
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
     table, x_idx, y_idx = _table_columns(args.data, xc, yc)
+    table.check_rounding(_model_scales(net, x_idx, y_idx))
     res = _eval_metrics_streamed(net, table, x_idx, y_idx, args.coverage)
+    lost = {k: v for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)}
+    if lost:
+        raise CliError(
+            f"{args.data}: {', '.join(f'{k} = {v}' for k, v in lost.items())}: the model's "
+            "float32 arithmetic overflowed on this file; rescale the columns"
+        )
     if args.json:
         print(json.dumps(res))
         return 0
@@ -737,56 +858,87 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    out = _check_output(args.output)
+    from .datasets import spreadsheet_safe
+
+    out = _check_output(args.output, inputs=(args.model, args.data))
     model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "sample")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     table, x_idx = _table_columns(args.data, xc)
+    table.check_rounding(_model_scales(net, x_idx, ()))
     x_names = table.names(x_idx)
-    y_names = meta.get("y_columns") or [f"y{j}" for j in range(net.out_features)]
+    y_stored = _stored_columns(meta, "y_columns", None, net.out_features, net.in_features)
+    y_names = [c if isinstance(c, str) else f"y{j}" for j, c in enumerate(y_stored)]
     index_name = "row" if "row" not in (*x_names, *y_names) else "input_row"
-    header = [index_name, *x_names, *y_names]
+    # column names come from files: none may run as a spreadsheet formula
+    header = [spreadsheet_safe(h) for h in (index_name, *x_names, *y_names)]
     written = _write_samples(net, table, x_idx, header, out, args)
     print(f"wrote {written} samples ({args.num_samples} per row of {args.data}) to {out}")
     return 0
 
 
 def _cmd_plot(args) -> int:
+    """Draw one picture (see plotting's notes): by default the calibration panel for a model of
+    several inputs given DATA.csv, else the density (a slice through --x-dim, others at --at)."""
     import torch
 
     from . import plotting
     from .metrics import pit
 
-    out = _check_output(args.output, (".png", ".pdf", ".svg", ".jpg", ".jpeg"))
+    out = _check_output(
+        args.output, (".png", ".pdf", ".svg", ".jpg", ".jpeg"), inputs=(args.model, args.data)
+    )
     model, meta, _ = _load_model(args.model)
     net = _network(model, args.model, "plot")
-    if not 0 <= args.x_dim < net.in_features:
-        raise CliError(f"--x-dim must be in [0, {net.in_features}), found {args.x_dim}")
-    if not 0 <= args.y_dim < net.out_features:
-        raise CliError(f"--y-dim must be in [0, {net.out_features}), found {args.y_dim}")
-    x = y = None
-    if args.data is not None:
-        xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
-        yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
-        table, x_idx, y_idx = _table_columns(args.data, xc, yc)
-        x, y = _plot_rows(table, x_idx, y_idx, args.seed)
-    elif args.kind in ("samples", "pit"):
-        raise CliError(f"--kind {args.kind} needs a DATA.csv")
-    mean, std = net.x_mean[args.x_dim].item(), net.x_std[args.x_dim].item()
+    x, y, x_names, y_names = _plot_rows(args, net, meta)
+    dims = []
+    for flag, text, names, n in (
+        ("--x-dim", args.x_dim, x_names, net.in_features),
+        ("--y-dim", args.y_dim, y_names, net.out_features),
+    ):
+        if names and text in names:
+            dims.append(names.index(text))
+            continue
+        try:
+            dims.append(int(text))
+        except ValueError:
+            known = f"one of {', '.join(names)} or " if names else ""
+            raise CliError(f"{flag}: unknown column {text!r}, expected {known}a position") from None
+        if not 0 <= dims[-1] < n:
+            raise CliError(f"{flag} must be in [0, {n}), found {dims[-1]}")
+    at = {}
+    for item in args.at or ():
+        name, _, value = (t.strip() for t in item.partition("="))
+        key = name if name in (x_names or ()) or not name.isdigit() else int(name)
+        try:
+            at[key] = float(value)
+        except ValueError:
+            raise CliError(f"--at: expected NAME=VALUE, found {item!r}") from None
+    kind = args.kind
+    if kind == "auto":
+        kind = "calibration" if net.in_features > 1 and x is not None else "density"
+    if x is None and kind not in ("density", "components"):
+        raise CliError(f"--kind {kind} needs a DATA.csv")
+    mean, std = net.x_mean[dims[0]].item(), net.x_std[dims[0]].item()
     x_range = None if x is not None else (mean - 2.5 * std, mean + 2.5 * std)
-    kw = {"x_dim": args.x_dim, "y_dim": args.y_dim}
-    if args.kind == "density":
-        fig = plotting.density_heatmap(net, x, y, x_range=x_range, **kw)
-    elif args.kind == "samples":
-        fig = plotting.samples_plot(net, x, y, seed=args.seed, **kw)
-    elif args.kind == "components":
-        fig = plotting.components_plot(net, x, x_range=x_range, **kw)
-    else:
+    names = {"x_names": x_names, "y_names": y_names}
+    kw = {"x_dim": dims[0], "y_dim": dims[1], "at": at or None, **names}
+
+    def pit_values():
         with torch.no_grad():
-            u = pit(_predict(net, x), torch.as_tensor(y, dtype=net.x_mean.dtype))
-        fig = plotting.pit_histogram(u)
-    _savefig_atomic(fig, out)
-    print(f"wrote {out}")
+            return pit(_predict(net, x), torch.as_tensor(y, dtype=net.x_mean.dtype))[:, dims[1]]
+
+    draw = {
+        "calibration": lambda: plotting.calibration_plot(net, x, y, y_dim=dims[1], **names),
+        "intervals": lambda: plotting.interval_plot(net, x, y, y_dim=dims[1], y_names=y_names),
+        "coverage": lambda: plotting.coverage_plot(pit_values()),
+        "pit": lambda: plotting.pit_histogram(pit_values(), y_name=(y_names or ["y"])[dims[1]]),
+        "density": lambda: plotting.density_heatmap(net, x, y, x_range=x_range, **kw),
+        "samples": lambda: plotting.samples_plot(net, x, y, seed=args.seed, **kw),
+        "components": lambda: plotting.components_plot(net, x, x_range=x_range, **kw),
+    }
+    _savefig_atomic(draw[kind](), out)
+    print(f"wrote {out} ({kind})")
     return 0
 
 
@@ -805,22 +957,24 @@ def _cmd_info(args) -> int:
         "metadata": meta,
     }
     if args.json:
-        print(json.dumps(info))
+        print(json.dumps(info))  # escapes control characters (ensure_ascii)
         return 0
     print(
-        f"{info['file']}: {info['class']} ({info['bytes']} bytes, format v{info['format_version']})"
+        _printable(
+            f"{info['file']}: {info['class']} ({info['bytes']} bytes, "
+            f"format v{info['format_version']})"
+        )
     )
     if n_params is not None:
         print(f"  parameters  {n_params}")
-    for k, v in info["config"].items():
-        print(f"  {k:<11} {v}")
-    for k, v in meta.items():
-        print(f"  {k:<11} {v}")
+    config = info["config"] if isinstance(info["config"], dict) else {"config": info["config"]}
+    for k, v in (*config.items(), *meta.items()):
+        print(_printable(f"  {k:<11} {v}"))  # text from the file: no terminal escapes
     return 0
 
 
 def _cmd_export(args) -> int:
-    out = _check_output(args.output, (".onnx",))
+    out = _check_output(args.output, (".onnx",), inputs=(args.model,))
     model, _, _ = _load_model(args.model)
     try:
         from .sequence import MDNRNN, export_onnx
@@ -855,14 +1009,42 @@ _COMMANDS = {
 
 
 def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
+    return _printable(" ".join(str(msg).split()))
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to print on a terminal, on one line: control and format characters
+    (escape sequences, line breaks, carriage returns, bidirectional overrides) written as
+    Python writes them in a string literal (``\\x1b``, ``\\u202e``)."""
+    import unicodedata
+
+    def safe(c: str) -> str:
+        if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            return c
+        return c.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+    return "".join(map(safe, text))
+
+
+def _run_holding_warnings(args, held: list) -> int:
+    """Run the command, its Python warnings appended to ``held`` (``serve``'s are not held)."""
+    if args.command == "serve":
+        return _COMMANDS[args.command](args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            return _COMMANDS[args.command](args)
+        finally:
+            held.extend(caught)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdnkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     0 on success; 2 for any problem with the input (one line on stderr, no output file); 1 for an
-    unexpected internal error (one line too, with the exception's type); 130 on Ctrl-C.
+    unexpected internal error (one line too, with the exception's type); 130 on Ctrl-C.  Python
+    warnings raised while a command runs are held back: after a success each is printed once,
+    as one ``mdnkit COMMAND: warning: ...`` line; after a failure only the error line is.
 
     Example:
         >>> main(["info", "model.mdn"])  # doctest: +SKIP
@@ -877,8 +1059,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else 0
+    held: list[warnings.WarningMessage] = []
     try:
-        return _COMMANDS[args.command](args)
+        code = _run_holding_warnings(args, held)
+        seen = set()
+        for w in held:
+            line = f"{PROG} {args.command}: warning: {_one_line(str(w.message))}"
+            if line not in seen:
+                seen.add(line)
+                print(line, file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -887,6 +1077,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as err:
         print(f"{PROG} {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except MemoryError as err:
+        print(f"{PROG} {args.command}: error: out of memory {_one_line(str(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug: still one line, never a traceback
         print(

@@ -13,9 +13,10 @@ Only NumPy and the standard library are used.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,9 @@ __all__ = [
     "read_csv_header",
     "resolve_columns",
     "write_csv",
+    "csv_lines",
+    "spreadsheet_safe",
+    "MAX_LINE_CHARS",
     "load_uci",
     "default_data_root",
 ]
@@ -118,6 +122,57 @@ def inverted_sine_entropy(noise: float = 1.0, n_y: int = 4001, n_x: int = 4001) 
 
 
 # ---------------------------------------------------------------------------------------- CSV
+#: The longest line the CSV readers accept, in characters: a file without line breaks (such as
+#: ``/dev/zero``, or one huge line) is refused once this many are read, never read whole.
+MAX_LINE_CHARS = 1 << 24
+
+
+def csv_lines(fh: Iterable[str] | io.TextIOBase, name: str) -> Iterator[str]:
+    r"""The lines of a text file opened with ``newline=""``, for ``csv.reader``, each at most
+    :data:`MAX_LINE_CHARS` characters: a longer line raises a ValueError naming the file and
+    the line, after reading no more than that, so memory stays bounded whatever the file.
+
+    Example:
+        >>> import io
+        >>> list(csv_lines(io.StringIO("a,b\n1,2\n"), "t.csv"))
+        ['a,b\n', '1,2\n']
+    """
+    number = 0
+    while True:
+        line = fh.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
+            raise ValueError(
+                f"{name}, row {number}: a line longer than {MAX_LINE_CHARS} characters, "
+                "expected a CSV file with one row per line"
+            )
+        yield line
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    r"""``cell`` as a spreadsheet shows it but never runs it: a text cell that starts (after
+    spaces) with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return, which spreadsheet
+    programs would run as a formula, gets a leading ``'``; numbers (``-1.5``) are unchanged.
+
+    Example:
+        >>> spreadsheet_safe('=HYPERLINK("http://x","y")'), spreadsheet_safe("-1.5")
+        ('\'=HYPERLINK("http://x","y")', '-1.5')
+    """
+    text = str(cell)
+    if not text.lstrip(" ").startswith(_FORMULA_START):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
 def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
     """Read a CSV file: (display name, header, data rows as (line number, cells)), blank lines
     skipped.  Errors name the file."""
@@ -129,7 +184,7 @@ def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int,
     try:
         # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
         with open(name, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(csv_lines(fh, name))
             rows = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
     except UnicodeDecodeError as exc:
         raise ValueError(
@@ -160,7 +215,8 @@ def resolve_columns(
 
     Each column is a name from the header or a 0-based position (an int, or a string of digits
     that is not itself a column name).  A string with commas is split: ``"a,b"`` = ``["a", "b"]``.
-    ``None`` means every column.
+    ``None`` means every column.  A name that the header holds more than once is ambiguous and
+    refused (choose such columns by position).
 
     Example:
         >>> resolve_columns(["x", "y", "z"], "z,0")
@@ -178,7 +234,14 @@ def resolve_columns(
     out: list[int] = []
     for col in columns:
         if isinstance(col, str) and col in header:
-            out.append(header.index(col))
+            at = [i for i, h in enumerate(header) if h == col]
+            if len(at) > 1:
+                raise ValueError(
+                    f"{where}: the column name {col!r} is ambiguous, the header has it "
+                    f"{len(at)} times (positions {', '.join(map(str, at))}); choose the column "
+                    "by position"
+                )
+            out.append(at[0])
         elif (
             isinstance(col, (int, np.integer))
             and not isinstance(col, bool)
@@ -216,8 +279,9 @@ def read_csv(
     Columns are names or 0-based positions (see :func:`resolve_columns`).  Every cell of the
     file must be present (no ragged rows) and every selected cell must be a finite number.
     Any problem raises a ``ValueError`` naming the file, the row (1-based line number, the header
-    is line 1) and the column: a missing file, an empty file, a missing column, a ragged row, a
-    non-numeric cell, NaN or inf.
+    is line 1) and the column: a missing file, an empty file, a missing column, an ambiguous
+    column name, a ragged row, a non-numeric cell, NaN or inf, a number beyond the range of
+    ``dtype`` (``1e39`` in float32), a line longer than :data:`MAX_LINE_CHARS`.
 
     Example:
         >>> write_csv("t.csv", ["x", "y"], [[1, 2], [3, 4]])
@@ -248,7 +312,26 @@ def read_csv(
                     f"found {cell!r}"
                 )
             out[r, j] = v
-    return out.astype(dtype, copy=False)
+    return _cast(out, dtype, name, header, idx, rows)
+
+
+def _cast(out: np.ndarray, dtype, name: str, header, idx, rows) -> np.ndarray:
+    """``out`` in ``dtype``; a value beyond the range of a floating ``dtype`` (it would become
+    inf) raises a ValueError naming its row and column."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = out.astype(dtype, copy=False)
+    if np.issubdtype(dtype, np.floating):
+        bad = np.argwhere(~np.isfinite(res))
+        if len(bad):
+            r, j = (int(i) for i in bad[0])
+            line, row = rows[r]
+            raise ValueError(
+                f"{name}, row {line}, column {header[idx[j]]!r}: expected a finite number in "
+                f"{dtype.name} (magnitude below {float(np.finfo(dtype).max):.2g}), found "
+                f"{row[idx[j]].strip()!r}"
+            )
+    return res
 
 
 def write_csv(
@@ -257,13 +340,15 @@ def write_csv(
     """Write a CSV file with a header row, atomically (a temporary file, then ``os.replace``).
 
     A failure part-way (bad row length, disk full) leaves the old file, or none, never half a
-    file.  Floats are written with ``repr`` precision, so they read back exactly.
+    file.  Floats are written with ``repr`` precision, so they read back exactly.  Text cells
+    and column names that a spreadsheet would run as a formula get a leading ``'``
+    (:func:`spreadsheet_safe`).
 
     Example:
         >>> write_csv("t.csv", ["x", "y"], [[1.0, 2.0]])
     """
     name = os.fspath(path)
-    header = [str(h) for h in header]
+    header = [spreadsheet_safe(h) for h in header]
     with (
         atomic_path(name, suffix=".csv") as tmp,
         open(tmp, "w", newline="", encoding="utf-8") as fh,
@@ -278,7 +363,16 @@ def write_csv(
                     f"{name}: row {i} has {len(row)} values, expected {len(header)} "
                     f"(the header's length)"
                 )
-            writer.writerow([repr(float(v)) if isinstance(v, float) else v for v in row])
+            writer.writerow(
+                [
+                    repr(float(v))
+                    if isinstance(v, float)
+                    else spreadsheet_safe(v)
+                    if isinstance(v, str)
+                    else v
+                    for v in row
+                ]
+            )
 
 
 # ---------------------------------------------------------------------------------------- UCI

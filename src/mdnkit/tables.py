@@ -9,10 +9,13 @@ Two readers give the same rows and the same errors:
 * the columnar reader of ``pyarrow.csv`` (the optional ``csv`` extra, ``pip install
   "mdnkit[csv]"``): parses in C++ and converts only the chosen columns;
 * the standard library's ``csv`` module, used when pyarrow is missing, and to report problems:
-  when pyarrow refuses a cell (text, an empty cell, a ragged row, bad UTF-8) or a value is NaN or
-  infinite, reading goes on with the standard reader from the first row not yet handed out,
-  which raises the one ``ValueError`` naming the file, the row (1-based line number, the header
-  is line 1) and the column, or reads on where pyarrow was only stricter (``" 1.5"``, ``1_0``).
+  when pyarrow refuses a cell (text, an empty cell, a ragged row, bad UTF-8) or a value is NaN,
+  infinite or beyond float32's range, reading goes on with the standard reader from the first
+  row not yet handed out, which raises the one ``ValueError`` naming the file, the row (1-based
+  line number, the header is line 1) and the column, or reads on where pyarrow was only
+  stricter (``" 1.5"``, ``1_0``).  Lines are read at most
+  :data:`mdnkit.datasets.MAX_LINE_CHARS` characters at a time, so a file without line breaks is
+  refused in bounded memory.
 
 :func:`sample_rows` keeps a uniform random subset of a stream of chunks in bounded memory;
 :class:`RowFile` spills rows to a temporary float32 file and reads them back in shuffled blocks.
@@ -28,14 +31,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .datasets import resolve_columns
+from .checks import FLOAT32_OVERFLOW, Float32Rounding
+from .datasets import csv_lines, resolve_columns
 
 __all__ = ["CsvTable", "RowFile", "chunk_rows", "columnar_reader", "sample_rows", "CHUNK_ROWS_ENV"]
 
 #: Environment variable that sets the rows per chunk (an internal setting, for tests).
 CHUNK_ROWS_ENV = "MDNKIT_CSV_CHUNK_ROWS"
 _DEFAULT_CHUNK_ROWS = 65_536
-_ARROW_BLOCK_BYTES = 4 << 20
+#: Bytes pyarrow parses at a time (at least 64 header lines' worth, so that a wide file's rows
+#: fit in one).  Its reader reads up to 32 blocks ahead: 4 MiB blocks took 130 MB more memory
+#: than these, and no less time.
+_ARROW_BLOCK_BYTES = 128 << 10
 
 
 def chunk_rows() -> int:
@@ -106,7 +113,7 @@ class CsvTable:
             raise ValueError(f"{self.name}: is a directory, expected a CSV file")
         header, end_line = None, 0
         with self._open() as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(csv_lines(fh, self.name))
             for row in self._guard(reader):
                 if row and any(c.strip() for c in row):
                     header, end_line = row, reader.line_num
@@ -115,6 +122,7 @@ class CsvTable:
             raise ValueError(f"{self.name}: empty file, expected a header row and data rows")
         self.header = [c.strip() for c in header]
         self._header_on_line_1 = end_line == 1
+        self._scales: dict[int, float | None] | None = None
 
     def _open(self):
         # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
@@ -139,11 +147,33 @@ class CsvTable:
         """The header names of the positions ``idx``."""
         return [self.header[i] for i in idx]
 
+    def check_rounding(self, scales: dict[int, float | None]) -> None:
+        """From now on :meth:`chunks` also refuses a column that the cast to float32 rounds by
+        more than :data:`~mdnkit.checks.FLOAT32_ROUNDING_LIMIT` of its spread: ``scales`` maps
+        a position to that spread (a model's standardisation scale) or to None, the column's
+        own standard deviation, checked after the last chunk (also the default for positions
+        not in ``scales``).  See :class:`~mdnkit.checks.Float32Rounding`."""
+        self._scales = dict(scales)
+
     def chunks(self, idx: Sequence[int], size: int | None = None) -> Iterator[np.ndarray]:
         """The columns ``idx`` (positions, from :meth:`resolve`) as float64 arrays of ``size``
-        rows (default :func:`chunk_rows`; the last chunk may be shorter), every cell a finite
-        number.  Raises a ``ValueError`` naming the row and column of the first bad cell, or
-        saying that the file has no data rows."""
+        rows (default :func:`chunk_rows`; the last chunk may be shorter), every cell a number
+        that is finite in float32 (the models' precision).  Raises a ``ValueError`` naming the
+        row and column of the first bad cell, or saying that the file has no data rows (and,
+        after :meth:`check_rounding`, naming a column that float32 would round too much)."""
+        idx = list(idx)
+        if self._scales is None:
+            yield from self._chunks(idx, size)
+            return
+        scales = [self._scales.get(i) for i in idx]
+        watch = Float32Rounding(self.name, self.names(idx), scales)
+        for block in self._chunks(idx, size):
+            watch.add(block)
+            yield block
+        watch.check()
+
+    def _chunks(self, idx: list[int], size: int | None) -> Iterator[np.ndarray]:
+        """:meth:`chunks` without the rounding check."""
         size = chunk_rows() if size is None else int(size)
         idx = list(idx)
         done = [0]  # rows handed out so far
@@ -171,7 +201,10 @@ class CsvTable:
         names = [f"c{i}" for i in range(len(self.header))]
         where = [wanted.index(i) for i in idx]
         read = pacsv.ReadOptions(
-            column_names=names, skip_rows=1, block_size=_ARROW_BLOCK_BYTES, encoding="utf8"
+            column_names=names,
+            skip_rows=1,
+            block_size=max(_ARROW_BLOCK_BYTES, 64 * len(",".join(self.header).encode())),
+            encoding="utf8",
         )
         convert = pacsv.ConvertOptions(
             column_types={names[i]: pa.float64() for i in wanted},
@@ -182,14 +215,19 @@ class CsvTable:
         )
         cut = _Rechunk(size)
         try:
-            with pacsv.open_csv(self.name, read_options=read, convert_options=convert) as reader:
+            with pacsv.open_csv(
+                self.name,
+                read_options=read,
+                convert_options=convert,
+                memory_pool=pa.system_memory_pool(),  # gives freed blocks back: 10 MB less
+            ) as reader:
                 for batch in reader:
                     if any(col.null_count for col in batch.columns):
                         yield None
                         return
                     cols = [_values(col) for col in batch.columns]
                     block = np.stack(cols, axis=1)[:, where] if cols else np.empty((0, 0))
-                    if not np.isfinite(block).all():
+                    if not (np.abs(block) < FLOAT32_OVERFLOW).all():  # NaN, inf, 1e39
                         yield None
                         return
                     yield from cut.push(block)
@@ -205,7 +243,7 @@ class CsvTable:
         out = np.empty((size, len(idx)), dtype=np.float64)
         filled = rows = 0
         with self._open() as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(csv_lines(fh, self.name))
             data = (r for r in self._guard(reader) if r and any(c.strip() for c in r))
             next(data, None)  # the header
             for row in data:
@@ -241,6 +279,12 @@ class CsvTable:
             raise ValueError(
                 f"{self.name}, row {line}, column {column!r}: expected a finite number, "
                 f"found {cell!r}"
+            )
+        if abs(v) >= FLOAT32_OVERFLOW:
+            raise ValueError(
+                f"{self.name}, row {line}, column {column!r}: expected a finite number in "
+                f"float32, the precision the model computes in (magnitude below "
+                f"{FLOAT32_OVERFLOW:.2g}), found {cell!r}"
             )
         return v
 
