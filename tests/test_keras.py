@@ -762,3 +762,36 @@ def test_import_picks_torch_when_no_backend_is_configured(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "torch"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow present: nothing fails"
+)
+def test_missing_backend_error_names_keras_backend_and_installed_backends():
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")  # named, but not installed
+    code = "from mdnkit import keras"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: Keras could not import its backend: ")
+    assert "KERAS_BACKEND=tensorflow needs 'tensorflow', which is not installed" in last
+    installed = [b for b in ("torch", "jax") if importlib.util.find_spec(b) is not None]
+    assert f"installed backends: {', '.join(installed)}." in last
+    assert f"KERAS_BACKEND={installed[0]} python script.py" in last
+
+
+def test_missing_backend_of_keras_json_is_named(tmp_path):
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    # jax made absent for this process (None in sys.modules: import fails, find_spec says None)
+    code = "import sys; sys.modules['jax'] = None; from mdnkit import keras"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "the backend of keras.json ($KERAS_HOME or ~/.keras) needs 'jax'" in last
+    assert "installed backends: torch" in last and "jax," not in last

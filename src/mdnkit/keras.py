@@ -47,7 +47,9 @@ The Keras backend (``torch``, ``jax`` or ``tensorflow``) is chosen by Keras itse
 ``KERAS_BACKEND`` environment variable set before Keras is first imported, or from
 ``~/.keras/keras.json``. One convenience: if neither names a backend other than Keras's default
 ``tensorflow``, TensorFlow is not installed and Keras is not imported yet, importing this module
-selects ``torch`` (a dependency of mdnkit) instead of letting ``import keras`` fail.
+selects ``torch`` (a dependency of mdnkit) instead of letting ``import keras`` fail. When the
+backend named is not installed, importing this module raises an ``ImportError`` that names
+``KERAS_BACKEND``, the missing package and the backends that are installed.
 """
 
 from __future__ import annotations
@@ -77,9 +79,42 @@ def _default_backend_to_torch() -> None:
         os.environ["KERAS_BACKEND"] = "torch"
 
 
+#: the Keras backends this module is tested on (each one's package has the backend's name)
+_BACKENDS = ("torch", "jax", "tensorflow")
+
+
+def _backend_import_error(error: ModuleNotFoundError) -> ImportError | None:
+    """An ``ImportError`` that names ``KERAS_BACKEND`` when ``import keras`` failed because the
+    chosen backend's package is missing (``None`` when ``error`` is about something else)."""
+    missing = (error.name or "").partition(".")[0]
+    if missing not in _BACKENDS:
+        return None
+    installed = [b for b in _BACKENDS if importlib.util.find_spec(b) is not None] or ["none"]
+    chosen = os.environ.get("KERAS_BACKEND")
+    where = (
+        f"KERAS_BACKEND={chosen}"
+        if chosen
+        else "the backend of keras.json ($KERAS_HOME or ~/.keras)"
+    )
+    return ImportError(
+        f"Keras could not import its backend: {where} needs {missing!r}, which is not installed "
+        f"(No module named {missing!r}); installed backends: {', '.join(installed)}. Set "
+        "KERAS_BACKEND to one of them before keras is first imported, for example "
+        f"`KERAS_BACKEND={installed[0]} python script.py`, or "
+        f"os.environ['KERAS_BACKEND'] = '{installed[0]}' at the top of the script, before any "
+        "`import keras`"
+    )
+
+
 _default_backend_to_torch()
 
-import keras  # noqa: E402
+try:
+    import keras  # noqa: E402
+except ModuleNotFoundError as _error:
+    _better = _backend_import_error(_error)
+    if _better is None:
+        raise
+    raise _better from _error
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
