@@ -40,7 +40,8 @@ pieces: with responsibilities :math:`r_k = p(k \mid y)` and weights :math:`\pi_k
 :class:`DiagonalMixtureLogProb` wraps the two as an autograd function on row-major tensors.
 
 **Sampling.**  :func:`weights_cdf` gives the cumulative mixture weights the distribution's
-sampler draws components from by inverse CDF, component-major too.
+sampler draws components from by inverse CDF, component-major too; :func:`draw_components` is
+the same draw row-major, in a handful of operations, for few draws.
 
 Example:
     >>> import torch
@@ -74,6 +75,7 @@ __all__ = [
     "DiagonalMixtureLogProb",
     "cumsum_component_major",
     "weights_cdf",
+    "draw_components",
 ]
 
 #: :math:`\log 2\pi`, the Gaussian normalising constant per dimension (times 1/2)
@@ -201,12 +203,14 @@ def diagonal_mixture_lse(
     log_inv = inv.log()
     log_det = sum_dim1(log_inv) if inv.shape[1] == d else d * log_inv[:, 0]
     zz = sum_dim1(z * z)
-    # a = l + (log_det - |z|^2 / 2), in place on temporaries (log's backward needs its input only)
-    a = log_det.add_(zz, alpha=-0.5).add_(logits)
     e_l, s_l, m_l = shifted_exp_sum(logits, finite=finite_logits)
+    # a = (l - m_l) + (log_det - |z|^2 / 2), in place on temporaries (log's backward needs its
+    # input only): the logits are shifted by their maximum before the densities' terms are
+    # added, so that large logits (1e7 in float32, say) do not swamp those terms.
+    a = torch.sub(logits, m_l).add_(log_det.add_(zz, alpha=-0.5))
     e_a, s_a, m_a = shifted_exp_sum(a, overwrite=True)
     spherical_zz = zz if inv.shape[1] != d else None
-    return (s_a / s_l).log() + (m_a - m_l), (e_l, s_l, e_a, s_a, spherical_zz)
+    return (s_a / s_l).log() + m_a, (e_l, s_l, e_a, s_a, spherical_zz)
 
 
 def diagonal_mixture_grad(
@@ -236,15 +240,17 @@ def diagonal_mixture_grad(
     del pi  # (a full-size temporary: not kept alive while the larger ones below are made)
     r1 = r.unsqueeze(1)
     buf = None if out is None else out[1]
+    # r multiplies first: a component of no weight (r = 0) gets a zero gradient even when its
+    # z / sigma or |z|^2 overflows (a tiny sigma far from y), not 0 * inf = NaN
     if inv.shape[1] == d:
         # in place on temporaries: two full-size (K, D, B) buffers, not three
-        rzi = torch.mul(z, inv, out=buf).mul_(r1)  # r z / sigma
+        rzi = torch.mul(z, r1, out=buf).mul_(inv)  # r z / sigma
         d_scale = (r1 * inv).neg_().addcmul_(rzi, z)  # r z^2 / sigma - r / sigma
     else:  # r (|z|^2 - D) / sigma, with r / sigma (K, 1, B) and |z|^2 from the forward pass
         assert zz is not None
         ri = r1 * inv
         rzi = torch.mul(z, ri, out=buf)
-        d_scale = (zz - d).unsqueeze(1).mul_(ri)
+        d_scale = zz.clamp(max=torch.finfo(zz.dtype).max).sub_(d).unsqueeze(1).mul_(ri)
     return d_logits, rzi, d_scale
 
 
@@ -266,6 +272,10 @@ def _diagonal_core(
     lt = to_component_major(logits.unsqueeze(-1), batch)[:, 0]  # (K, B)
     inv = to_component_major(scale, batch).reciprocal()  # (K, C, B)
     z = (to_component_major(y, batch) - to_component_major(loc, batch)).mul_(inv)  # (K, D, B)
+    # an overflowed z (a tiny sigma far from y) as the largest finite float: the same density
+    # (|z|^2 is inf either way), and a finite factor in the gradient (0, the component's weight)
+    big = torch.finfo(z.dtype).max
+    z = z.clamp_(-big, big)
     lse, pieces = diagonal_mixture_lse(lt, z, inv)
     return lse, z, inv, pieces, batch
 
@@ -355,3 +365,25 @@ def weights_cdf(scaled: Tensor, buffers: tuple[Tensor, Tensor] | None = None) ->
         arg = scaled - scaled.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         cdf = cumsum_component_major(arg.clamp_min_(floor).exp_())
     return cdf
+
+
+def draw_components(scaled: Tensor, shape: torch.Size, generator) -> Tensor:
+    """Component indices of shape ``shape`` from softmax(``scaled``) ``(..., K)``, by inverse CDF.
+
+    Row-major, in a handful of operations: the sampler of
+    :class:`~mdnkit.PerDimensionMixture`, and :class:`~mdnkit.GaussianMixture`'s for few draws
+    (many go by :func:`weights_cdf` in component-major blocks).  ``shape`` ends with
+    ``scaled.shape[:-1]``; its leading dimensions are independent draws.  The threshold
+    ``(1 - u) * total`` with ``u`` in [0, 1) lies in (0, total], so a component of zero weight
+    is never drawn (its cumulative weight equals that of the one before it).
+    """
+    top = scaled.amax(-1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
+    cdf = (scaled - top).exp_().cumsum(-1)
+    total = cdf[..., -1]
+    u = torch.rand(shape, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    thr = torch.addcmul(total, u, total, value=-1.0).unsqueeze(-1)
+    if thr.shape[:-1] == cdf.shape[:-1]:  # one draw per row: a binary search, twice as fast
+        idx = torch.searchsorted(cdf.contiguous(), thr).squeeze(-1)
+    else:  # the index is the number of cumulative weights below the threshold
+        idx = (cdf < thr).sum(-1)
+    return idx.clamp_(max=scaled.shape[-1] - 1)

@@ -122,8 +122,12 @@ class ScaleMap:
         checks.number("min_scale", self.floor, low=0.0)
 
     def forward(self, raw: Tensor) -> Tensor:
-        r""":math:`\sigma = t(a) + \sigma_{min}`."""
-        return TRANSFORMS[self.name].forward(raw) + self.floor
+        r""":math:`\sigma = t(a) + \sigma_{min}`, and at least the smallest normal float of its
+        dtype when the floor is below that (``min_scale=0``): a subnormal or zero scale has no
+        finite reciprocal, and the head's mixtures are built without value checks."""
+        sigma = TRANSFORMS[self.name].forward(raw) + self.floor
+        tiny = torch.finfo(sigma.dtype).tiny
+        return sigma if self.floor >= tiny else sigma.clamp_min(tiny)
 
     def inverse(self, value: Tensor) -> Tensor:
         """The raw value whose scale is ``value`` (values at or below the floor map to its
@@ -141,7 +145,8 @@ class ScaleMap:
         """:meth:`forward` on a NumPy array (same dtype)."""
         out = TRANSFORMS[self.name].numpy(raw)
         out += np.asarray(self.floor, dtype=out.dtype)
-        return out
+        tiny = np.finfo(out.dtype).tiny
+        return out if self.floor >= tiny else np.maximum(out, tiny, out=out)
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ def mdn_loss(
         L = \frac{\sum_i w_i \,\big(-\log p(y_i)\big)}{\sum_i w_i}
 
     with :math:`w_i = 1` when ``weight`` is None.  ``weight`` (or a boolean padding mask)
-    broadcasts to ``mixture.batch_shape``; elements of weight 0 contribute nothing, not even a NaN
-    from garbage padding values.  Computed in float32 or wider whatever the parameters' dtype.
-    ``reduction="none"`` returns the per-element NLL (weighted when ``weight`` is given), ``"sum"``
-    its weighted sum.
+    broadcasts to ``mixture.batch_shape`` and holds finite numbers >= 0 (ValueError otherwise);
+    elements of weight 0 contribute nothing, not even a NaN from garbage padding values.
+    Computed in float32 or wider whatever the parameters' dtype.  ``reduction="none"`` returns
+    the per-element NLL (weighted when ``weight`` is given), ``"sum"`` its weighted sum.
 
     Example:
         >>> from mdnkit import MDNHead, mdn_loss
@@ -54,6 +54,7 @@ def mdn_loss(
         return nll.mean() if reduction == "mean" else nll.sum()
     w = torch.as_tensor(weight, device=y.device)
     w = w.to(torch.promote_types(mixture.loc.dtype, torch.float32))
+    _check_weight(w)
     batch = torch.broadcast_shapes(y.shape[:-1], mixture.batch_shape)
     try:
         w = w.expand(batch)
@@ -72,3 +73,15 @@ def mdn_loss(
     if reduction == "sum":
         return total
     return total / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def _check_weight(w: Tensor) -> None:
+    """Every weight finite and >= 0 (one min/max pass; the bad ones are looked for only to name
+    them)."""
+    if w.numel() == 0:
+        return
+    lo, hi = torch.aminmax(w.detach())
+    if float(lo) >= 0 and float(hi) <= torch.finfo(w.dtype).max:
+        return
+    bad = w[~((w >= 0) & (w <= torch.finfo(w.dtype).max))].flatten()[:3].tolist()
+    raise ValueError(f"weight must hold finite numbers >= 0, found values such as {bad}")

@@ -31,24 +31,35 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
+from . import checks
 from .checks import as_generator
 from .kernels import (
     LOG_2PI,
     UNROLL_MAX_D,
     DiagonalMixtureLogProb,
     diagonal_terms,
+    draw_components,
     sum_last,
     weights_cdf,
 )
 from .options import CovarianceType
 
-__all__ = ["GaussianMixture", "CovarianceType", "check_values", "promote"]
+__all__ = [
+    "GaussianMixture",
+    "CovarianceType",
+    "check_values",
+    "check_temperature",
+    "log_softmax",
+    "promote",
+    "tempered_logits",
+]
 
 Number = float | int
 TemperatureLike = Number | Tensor
 
 
 _SAMPLE_BLOCK_ELEMENTS = 1 << 18  # rows x components per block when drawing components
+_SAMPLE_SMALL_ELEMENTS = 1 << 13  # draws x components up to which one row-major draw is faster
 
 
 def promote(t: Tensor) -> Tensor:
@@ -61,36 +72,151 @@ def promote(t: Tensor) -> Tensor:
     return t
 
 
-def _temperature(value: TemperatureLike, name: str, like: Tensor) -> Tensor:
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if torch.isnan(t).any() or (t < 0).any():
-        raise ValueError(f"{name} must be >= 0 (0 means greedy), found {value!r}")
-    return t
+def check_temperature(
+    value: TemperatureLike, name: str, like: Tensor, batch: torch.Size, finite: bool
+) -> float | Tensor:
+    """A checked temperature: a number >= 0 (finite if ``finite``) comes back as a float, and so
+    does a one-element tensor without dimensions; a tensor of them broadcastable to ``batch`` as
+    a tensor of ``like``'s dtype and device.  Else ValueError naming ``name``."""
+    if isinstance(value, Tensor):
+        bad = torch.isnan(value).any() or (value < 0).any()
+        if bad or (finite and torch.isinf(value).any()):
+            kind = "finite numbers" if finite else "numbers"
+            raise ValueError(f"{name} must hold {kind} >= 0 (0 means greedy), found {value!r}")
+        try:
+            ok = torch.broadcast_shapes(value.shape, batch) == batch
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{name} must be a number or a tensor broadcastable to batch_shape "
+                f"{tuple(batch)}, found a tensor of shape {tuple(value.shape)}"
+            )
+        if value.dim() == 0:
+            return float(value)
+        return value.to(dtype=like.dtype, device=like.device)
+    return checks.number(name, value, low=0.0, finite=finite)
+
+
+def tempered_logits(raw: Tensor, t: float | Tensor) -> Tensor:
+    """``raw / t`` over the last (component) dimension, with the limits of the convention.
+
+    ``t`` (>= 0) is a number or a tensor that broadcasts against ``raw``.  Each row is first
+    shifted to a maximum of 0, so a tiny ``t`` gives -inf for the other components, never
+    inf - inf.  ``t = 0``: 0 for the most likely component, -inf for the others (greedy).
+    ``t = inf``: 0 for every component of nonzero weight (uniform over them), -inf for the
+    zero-weight ones.
+    """
+    if not isinstance(t, Tensor):
+        if t == 0:
+            return _greedy(raw)
+        if math.isinf(t):
+            return _flat(raw)
+        return (raw - raw.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)) / t
+    zero, inf = t == 0, torch.isinf(t)
+    top = raw.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+    scaled = (raw - top) / torch.where(zero | inf, torch.ones_like(t), t)
+    if bool(inf.any()):
+        scaled = torch.where(inf, _flat(raw), scaled)
+    if bool(zero.any()):
+        scaled = torch.where(zero, _greedy(raw), scaled)
+    return scaled
+
+
+def _greedy(raw: Tensor) -> Tensor:
+    """0 for each row's most likely component, -inf for the others."""
+    return torch.full_like(raw, -math.inf).scatter_(-1, raw.argmax(-1, keepdim=True), 0.0)
+
+
+def _flat(raw: Tensor) -> Tensor:
+    """0 for every component of nonzero weight, -inf for the others."""
+    return torch.where(raw == -math.inf, raw, torch.zeros_like(raw))
+
+
+def log_softmax(raw: Tensor) -> Tensor:
+    """``log_softmax(raw, -1)``: the rows shifted to a maximum of 0 first, so that the result is
+    exact to rounding for logits of any size (subtracting a log-sum-exp of 1e6 from logits of
+    1e6 would lose the fraction in float32).  As fast as ``raw - logsumexp(raw)`` and several
+    times faster than ``torch.log_softmax`` on CPU for a short last dimension."""
+    shifted = raw - raw.detach().amax(-1, keepdim=True)
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
+
+
+def _range(t: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of ``t`` in one pass (NaN if any entry is NaN; ``(inf, -inf)`` if empty)."""
+    if t.numel() == 0:
+        return math.inf, -math.inf
+    lo, hi = torch.aminmax(t.detach())
+    return float(lo), float(hi)
+
+
+def _check_scale(name: str, scale: Tensor, what: str) -> None:
+    """Every entry of ``scale`` finite and a normal number > 0 (at least ``finfo.tiny``)."""
+    info = torch.finfo(scale.dtype)
+    lo, hi = _range(scale)
+    if lo >= info.tiny and hi <= info.max:
+        return
+    bad = scale[~((scale >= info.tiny) & (scale <= info.max))].flatten()[:3].tolist()
+    raise ValueError(
+        f"{what}, at least torch.finfo({scale.dtype}).tiny = {info.tiny:.4g} (a normal "
+        f"number: the reciprocal of a smaller one overflows), found {name} values such as {bad}"
+    )
 
 
 def check_values(
     logits: Tensor, loc: Tensor, scale: Tensor | None = None, scale_tril: Tensor | None = None
 ) -> None:
-    """The value checks of a mixture's parameters (``validate_args``): logits not NaN or +inf,
-    finite means, positive finite scales or Cholesky factors with a positive diagonal."""
-    if torch.isnan(logits).any() or (logits == math.inf).any():
+    """The value checks of a mixture's parameters (``validate_args``): logits not NaN or +inf
+    and not all -inf for any batch entry (some component must have weight), finite means,
+    finite scales (or Cholesky diagonals) of at least ``torch.finfo(dtype).tiny`` (normal
+    numbers), finite Cholesky factors.
+
+    Cheap when every value is good: one min/max pass over each tensor (a per-row pass over the
+    logits only when some logit is -inf); the bad values are looked for only to name them.
+    """
+    lo, hi = _range(logits)
+    if not hi < math.inf:  # NaN compares false
         raise ValueError("logits contain NaN or +inf")
-    if not torch.isfinite(loc).all():
+    if lo == -math.inf:
+        empty = int((logits.amax(-1) == -math.inf).sum())
+        if empty:
+            raise ValueError(
+                f"logits must have at least one entry > -inf in every batch entry (the weights "
+                f"are their softmax), found {empty} batch entr{'y' if empty == 1 else 'ies'} "
+                f"of all -inf logits"
+            )
+    big = torch.finfo(loc.dtype).max
+    lo, hi = _range(loc)
+    if not (lo >= -big and hi <= big):
         raise ValueError("loc contains NaN or inf")
     if scale is not None:
-        good = (scale > 0) & torch.isfinite(scale)
-        if not good.all():
-            bad = scale[~good].flatten()[:3].tolist()
-            raise ValueError(f"scale must be positive and finite, found values such as {bad}")
+        _check_scale("scale", scale, "scale must be positive and finite")
     elif scale_tril is not None:
-        diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)
-        if not torch.isfinite(scale_tril).all():
+        big = torch.finfo(scale_tril.dtype).max
+        lo, hi = _range(scale_tril)
+        if not (lo >= -big and hi <= big):
             raise ValueError("scale_tril contains NaN or inf")
-        if not (diag > 0).all():
-            bad = diag[~(diag > 0)].flatten()[:3].tolist()
-            raise ValueError(
-                f"scale_tril must have a positive diagonal, found diagonal values such as {bad}"
-            )
+        diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)
+        _check_scale("diagonal", diag, "scale_tril must have a positive diagonal")
+
+
+def _squared_norm(diff: Tensor, tril: Tensor, inv_diag: Tensor, clamp: bool) -> Tensor:
+    r""":math:`\lVert L^{-1} (y - \mu)\rVert^2` by forward substitution, ``(..., K)``, from the
+    residuals ``diff`` ``(..., K, D)``, the factors ``tril`` and their inverse diagonals; each
+    :math:`z_i` clamped to the finite floats if ``clamp``."""
+    big = torch.finfo(diff.dtype).max
+    zs: list[Tensor] = []
+    sq = None
+    for i in range(diff.shape[-1]):
+        acc = diff[..., i]
+        for j in range(i):
+            acc = acc - tril[..., i, j] * zs[j]
+        zi = acc * inv_diag[..., i]
+        if clamp:
+            zi = zi.clamp(-big, big)
+        zs.append(zi)
+        sq = zi * zi if sq is None else sq + zi * zi
+    return sq
 
 
 class GaussianMixture(Distribution):
@@ -192,25 +318,25 @@ class GaussianMixture(Distribution):
         self._k, self._d = k, d
 
         logits, loc = promote(logits), promote(loc)
+        scale = None if scale is None else promote(scale)
+        scale_tril = None if scale_tril is None else promote(scale_tril)
         if validate_args or (validate_args is None and Distribution._validate_args):
             check_values(logits, loc, scale, scale_tril)
         self._raw_logits = logits.expand(*batch_shape, k)
         self.loc = loc.expand(*batch_shape, k, d)
         if scale is not None:
-            self.scale = promote(scale).expand(*batch_shape, k, scale.shape[-1])
+            self.scale = scale.expand(*batch_shape, k, scale.shape[-1])
             self.scale_tril = None
         else:
             self.scale = None
-            self.scale_tril = promote(scale_tril).expand(*batch_shape, k, d, d)
+            self.scale_tril = scale_tril.expand(*batch_shape, k, d, d)
         super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
 
     # ------------------------------------------------------------------ basic properties
     @lazy_property
     def logits(self) -> Tensor:
         r"""Normalised log-weights :math:`\log\pi_k` (log-softmax of the given logits), ``(..., K)``."""
-        raw = self._raw_logits
-        # Same values as log_softmax, several times faster on CPU for a short last dimension.
-        return raw - torch.logsumexp(raw, dim=-1, keepdim=True)
+        return log_softmax(self._raw_logits)
 
     @property
     def num_components(self) -> int:
@@ -309,17 +435,17 @@ class GaussianMixture(Distribution):
         diag = torch.diagonal(tril, dim1=-2, dim2=-1)
         if d <= UNROLL_MAX_D:
             # Forward substitution, one vector operation per entry of L: far faster than a
-            # batched triangular solve for the small D of most MDNs.
-            zs: list[Tensor] = []
-            sq = None
-            for i in range(d):
-                acc = diff[..., i]
-                for j in range(i):
-                    acc = acc - tril[..., i, j] * zs[j]
-                zi = acc / diag[..., i]
-                zs.append(zi)
-                sq = zi * zi if sq is None else sq + zi * zi
-            return -0.5 * sq - sum_last(diag.log()) - 0.5 * d * LOG_2PI
+            # batched triangular solve for the small D of most MDNs.  1/L_ii as exp(-log L_ii):
+            # the backward passes of a division or a reciprocal square the tiny (or huge)
+            # number, and would give 0 * inf = NaN for a component of no weight and tiny L_ii.
+            log_diag = diag.log()
+            inv_diag = log_diag.neg().exp_()
+            sq = _squared_norm(diff, tril, inv_diag, clamp=False)
+            if sq.requires_grad and not bool(sq.detach().amax() < math.inf):
+                # some z overflowed: again with every z_i clamped to the finite floats (the same
+                # value, |z|^2 = inf), so that its gradient is 0 there, not NaN
+                sq = _squared_norm(diff, tril, inv_diag, clamp=True)
+            return -0.5 * sq - sum_last(log_diag) - 0.5 * d * LOG_2PI
         if diff.shape[:-1] != tril.shape[:-2]:
             tril = tril.expand(*diff.shape[:-1], d, d)
         z = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
@@ -337,25 +463,27 @@ class GaussianMixture(Distribution):
         return torch.softmax(self.logits + self.component_log_prob(value), dim=-1)
 
     # ------------------------------------------------------------------ sampling
-    def _component_index(self, shape: torch.Size, temperature: Tensor, generator) -> Tensor:
+    def _component_index(self, shape: torch.Size, t: float | Tensor, generator) -> Tensor:
         """Component indices of shape ``shape`` drawn from softmax(logits / T) (inverse CDF)."""
         logits = self._raw_logits
-        k = self._k
-        scalar = temperature.dim() == 0
-        if scalar and float(temperature) == 0.0:
+        if isinstance(t, Tensor):  # (rows of temperature 0 come out greedy: one nonzero weight)
+            scaled = tempered_logits(logits, t.unsqueeze(-1))
+        elif t == 0.0:
             return logits.argmax(-1).expand(shape)
-        if scalar and math.isinf(float(temperature)):
-            scaled = torch.zeros_like(logits)
-        elif scalar and float(temperature) == 1.0:
-            scaled = logits
         else:
-            t = temperature.unsqueeze(-1) if temperature.dim() else temperature
-            safe_t = torch.where(t == 0, torch.ones_like(t), t)
-            scaled = torch.where(torch.isinf(safe_t), torch.zeros_like(logits), logits / safe_t)
+            scaled = logits if t == 1.0 else tempered_logits(logits, t)
+        if scaled.numel() == 0 or shape.numel() == 0:
+            return torch.zeros(shape, dtype=torch.long, device=logits.device)
+        if shape.numel() * self._k <= _SAMPLE_SMALL_ELEMENTS:
+            # few draws: the fewest operations (the blocked draw's fixed cost dominates there)
+            return draw_components(scaled, shape, generator)
+        return self._blocked_component_index(scaled, shape, generator)
+
+    def _blocked_component_index(self, scaled: Tensor, shape: torch.Size, generator) -> Tensor:
+        """:meth:`_component_index` for many draws: component-major blocks of rows."""
+        k = self._k
         rows = scaled.reshape(-1, k)
         nb = rows.shape[0]
-        if nb == 0 or shape.numel() == 0:
-            return torch.zeros(shape, dtype=torch.long, device=logits.device)
         u = torch.rand(shape, dtype=rows.dtype, device=rows.device, generator=generator)
         u = u.reshape(-1, nb)  # (S, B): the batch dims are the trailing ones of ``shape``
         idx = torch.empty(u.shape, dtype=torch.long, device=rows.device)
@@ -384,10 +512,7 @@ class GaussianMixture(Distribution):
             else:
                 idx[:, b0 : b0 + block] = (diff < 0).sum(0)
         # Finite weights need no clamp: the threshold never exceeds total = cdf[-1], so idx <= K - 1.
-        idx = idx.reshape(shape)
-        if temperature.dim() and (temperature == 0).any():
-            idx = torch.where(temperature.expand(shape) == 0, logits.argmax(-1).expand(shape), idx)
-        return idx
+        return idx.reshape(shape)
 
     @torch.no_grad()
     def sample(
@@ -402,13 +527,14 @@ class GaussianMixture(Distribution):
         A component is drawn from :math:`\operatorname{softmax}(\text{logits} / T)` and then a
         point from :math:`\mathcal{N}(\mu_k, S\,\Sigma_k)`, with :math:`T` = ``temperature`` and
         :math:`S` = ``sigma_temperature`` (so the standard deviation scales by :math:`\sqrt S`).
-        ``temperature=0`` picks the most likely component and ``sigma_temperature=0`` returns its
-        mean.  Both may be tensors broadcastable to ``batch_shape``.
+        ``temperature=0`` picks the most likely component, ``inf`` draws uniformly among the
+        components of nonzero weight, and ``sigma_temperature=0`` returns the component's mean.
+        Both may be tensors broadcastable to ``batch_shape``.
 
         Args:
             sample_shape: leading shape of the draws.
             temperature: :math:`T \ge 0`.
-            sigma_temperature: :math:`S \ge 0`.
+            sigma_temperature: :math:`S \ge 0`, finite.
             generator: a ``torch.Generator`` or an int seed; the same seed gives the same samples.
 
         Example:
@@ -419,13 +545,12 @@ class GaussianMixture(Distribution):
         shape = self._extended_shape(torch.Size(sample_shape))[:-1]
         loc = self.loc
         gen = as_generator(generator, loc.device)
-        t = _temperature(temperature, "temperature", loc)
-        s = _temperature(sigma_temperature, "sigma_temperature", loc)
+        t, s = self._temperatures(temperature, sigma_temperature)
         idx = self._component_index(shape, t, gen)
         d = self._d
         gather_idx = idx[..., None, None].expand(*shape, 1, d)
         mean = loc.expand(*shape, self._k, d).gather(-2, gather_idx).squeeze(-2)
-        if s.dim() == 0 and float(s) == 0.0:
+        if not isinstance(s, Tensor) and s == 0.0:
             return mean
         eps = torch.randn(*shape, d, dtype=loc.dtype, device=loc.device, generator=gen)
         if self.scale_tril is not None:
@@ -437,39 +562,52 @@ class GaussianMixture(Distribution):
             sig = self.scale.expand(*shape, self._k, c).gather(
                 -2, idx[..., None, None].expand(*shape, 1, c)
             )
-            if s.dim() == 0 and float(s) == 1.0:
+            if not isinstance(s, Tensor) and s == 1.0:
                 return torch.addcmul(mean, sig.squeeze(-2), eps)  # one pass: mean + sigma * eps
             noise = sig.squeeze(-2) * eps
-        if not (s.dim() == 0 and float(s) == 1.0):
-            noise = noise * s.sqrt().unsqueeze(-1) if s.dim() else noise * math.sqrt(float(s))
+        if isinstance(s, Tensor):
+            noise = noise * s.sqrt().unsqueeze(-1)
+        elif s != 1.0:
+            noise = noise * math.sqrt(s)
         return mean + noise
+
+    def _temperatures(
+        self, temperature: TemperatureLike, sigma_temperature: TemperatureLike
+    ) -> tuple[float | Tensor, float | Tensor]:
+        """The checked temperatures, floats or tensors of the batch (:func:`check_temperature`;
+        ``sigma_temperature`` finite: an infinite variance has no samples)."""
+        loc, batch = self.loc, self.batch_shape
+        t = check_temperature(temperature, "temperature", loc, batch, finite=False)
+        s = check_temperature(sigma_temperature, "sigma_temperature", loc, batch, finite=True)
+        return t, s
 
     def with_temperature(
         self, temperature: TemperatureLike = 1.0, sigma_temperature: TemperatureLike = 1.0
     ) -> GaussianMixture:
         r"""The tempered mixture that :meth:`sample` draws from: logits / T, covariances × S.
 
-        Temperature 0 gives all weight to the most likely component; ``sigma_temperature`` must be
-        positive here (a zero-covariance mixture has no density).
+        Temperature 0 gives all weight to the most likely component and ``inf`` equal weight to
+        the components of nonzero weight; ``sigma_temperature`` must be positive and finite here
+        (a zero-covariance mixture has no density).
         """
-        t = _temperature(temperature, "temperature", self.loc)
-        s = _temperature(sigma_temperature, "sigma_temperature", self.loc)
-        if (s == 0).any():
+        t, s = self._temperatures(temperature, sigma_temperature)
+        if bool((s == 0).any()) if isinstance(s, Tensor) else s == 0:
             raise ValueError("sigma_temperature must be > 0 for a tempered distribution")
-        if t.dim() == 0 and float(t) == 0.0:
-            logits = torch.full_like(self.logits, -math.inf).scatter(
-                -1, self.logits.argmax(-1, keepdim=True), 0.0
-            )
-        else:
-            logits = self.logits / (t.unsqueeze(-1) if t.dim() else t)
+        logits = tempered_logits(self._raw_logits, t.unsqueeze(-1) if isinstance(t, Tensor) else t)
+        if not isinstance(s, Tensor):
+            r = math.sqrt(s)
+            if self.scale_tril is not None:
+                return GaussianMixture(
+                    logits, self.loc, scale_tril=self.scale_tril * r, validate_args=False
+                )
+            return GaussianMixture(logits, self.loc, self.scale * r, validate_args=False)
         root = s.sqrt()
         if self.scale_tril is not None:
-            r = root[..., None, None, None] if root.dim() else root
-            return GaussianMixture(
-                logits, self.loc, scale_tril=self.scale_tril * r, validate_args=False
-            )
-        r = root[..., None, None] if root.dim() else root
-        return GaussianMixture(logits, self.loc, self.scale * r, validate_args=False)
+            tril = self.scale_tril * root[..., None, None, None]
+            return GaussianMixture(logits, self.loc, scale_tril=tril, validate_args=False)
+        return GaussianMixture(
+            logits, self.loc, self.scale * root[..., None, None], validate_args=False
+        )
 
     # ------------------------------------------------------------------ moments
     @lazy_property
@@ -623,7 +761,12 @@ class GaussianMixture(Distribution):
                 f"{what} is defined for 1-D events only, this mixture has D={self._d}; "
                 f"use .marginal(i).{what}(...) for one output dimension"
             )
-        sigma = self.component_variance.squeeze(-1).sqrt()
+        # sigma itself, not the square root of a variance that overflows for sigma > 1.8e19
+        # in float32
+        if self.scale_tril is not None:
+            sigma = self.scale_tril[..., 0, 0].abs()
+        else:
+            sigma = self.scale.expand(self.loc.shape).squeeze(-1)
         return self.logits, self.loc.squeeze(-1), sigma
 
     def cdf(self, value: Tensor) -> Tensor:

@@ -30,9 +30,16 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-from .checks import as_generator, number, positive_int
-from .kernels import LOG_2PI
-from .mixture import GaussianMixture, check_values, promote
+from .checks import as_generator, positive_int
+from .kernels import LOG_2PI, DiagonalMixtureLogProb, draw_components
+from .mixture import (
+    GaussianMixture,
+    check_temperature,
+    check_values,
+    log_softmax,
+    promote,
+    tempered_logits,
+)
 
 __all__ = ["PerDimensionMixture", "DEFAULT_MAX_JOINT_COMPONENTS"]
 
@@ -44,69 +51,9 @@ _HALF_LOG_2PI = 0.5 * LOG_2PI
 TemperatureLike = float | int | Tensor
 
 
-def _temperature(
-    value: TemperatureLike, name: str, like: Tensor, batch: torch.Size, finite: bool
-) -> Tensor:
-    """``value`` (a number >= 0 or a tensor of them broadcastable to ``batch``) as a tensor."""
-    if isinstance(value, Tensor):
-        bad = torch.isnan(value).any() or (value < 0).any()
-        if bad or (finite and torch.isinf(value).any()):
-            kind = "finite numbers" if finite else "numbers"
-            raise ValueError(f"{name} must hold {kind} >= 0 (0 means greedy), found {value!r}")
-        try:
-            ok = torch.broadcast_shapes(value.shape, batch) == batch
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"{name} must be a number or a tensor broadcastable to batch_shape "
-                f"{tuple(batch)}, found a tensor of shape {tuple(value.shape)}"
-            )
-        return value.to(dtype=like.dtype, device=like.device)
-    return torch.tensor(number(name, value, low=0.0, finite=finite), dtype=like.dtype)
-
-
-def _per_row(t: Tensor) -> Tensor:
-    """A temperature of shape ``batch`` (or a scalar) shaped to broadcast against ``(..., D, K)``."""
-    return t[..., None, None] if t.dim() else t
-
-
-def _scaled_logits(raw: Tensor, t: Tensor) -> Tensor:
-    """``raw / t`` over the last (component) dimension with the limits of the convention.
-
-    ``t = 0``: 0 for the most likely component, -inf for the others (greedy).  ``t = inf``: 0 for
-    every component of nonzero weight (uniform over them), -inf for the zero-weight ones.
-    """
-    tt = _per_row(t).to(raw.device)
-    zero, inf = tt == 0, torch.isinf(tt)
-    scaled = raw / torch.where(zero | inf, torch.ones_like(tt), tt)
-    if bool(inf.any()):
-        flat = torch.where(raw == -math.inf, raw, torch.zeros_like(raw))
-        scaled = torch.where(inf, flat, scaled)
-    if bool(zero.any()):
-        greedy = torch.full_like(raw, -math.inf).scatter(-1, raw.argmax(-1, keepdim=True), 0.0)
-        scaled = torch.where(zero, greedy, scaled)
-    return scaled
-
-
-def _draw_components(scaled: Tensor, shape: torch.Size, generator) -> Tensor:
-    """Component indices ``shape + (D,)`` from softmax(``scaled``) ``(..., D, K)`` (inverse CDF).
-
-    The threshold ``(1 - u) * total`` with ``u`` in [0, 1) lies in (0, total], so a component of
-    zero weight is never drawn (its cumulative weight equals that of the one before it).
-    """
-    top = scaled.amax(-1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-    cdf = (scaled - top).exp_().cumsum(-1)
-    total = cdf[..., -1]
-    u = torch.rand(
-        *shape, scaled.shape[-2], dtype=cdf.dtype, device=cdf.device, generator=generator
-    )
-    thr = torch.addcmul(total, u, total, value=-1.0).unsqueeze(-1)
-    if thr.shape[:-1] == cdf.shape[:-1]:  # one draw per row: a binary search, twice as fast
-        idx = torch.searchsorted(cdf.contiguous(), thr).squeeze(-1)
-    else:  # the index is the number of cumulative weights below the threshold
-        idx = (cdf < thr).sum(-1)
-    return idx.clamp_(max=scaled.shape[-1] - 1)
+def _per_row(t: float | Tensor) -> float | Tensor:
+    """A temperature of shape ``batch`` (or a number) shaped to broadcast against ``(..., D, K)``."""
+    return t[..., None, None] if isinstance(t, Tensor) else t
 
 
 def _logsumexp_(a: Tensor) -> Tensor:
@@ -205,8 +152,7 @@ class PerDimensionMixture(Distribution):
     @lazy_property
     def logits(self) -> Tensor:
         r"""Normalised log-weights :math:`\log\pi_{dk}` (log-softmax over k), ``(..., D, K)``."""
-        raw = self._raw_logits
-        return raw - torch.logsumexp(raw, dim=-1, keepdim=True)
+        return log_softmax(self._raw_logits)
 
     @lazy_property
     def weights(self) -> Tensor:
@@ -276,14 +222,19 @@ class PerDimensionMixture(Distribution):
         ``broadcast(value.shape[:-1], batch_shape)``."""
         y = self._check_value(value)
         raw, loc, scale = self._raw_logits, self.loc, self.scale
-        const = self._d * _HALF_LOG_2PI
         if torch.is_grad_enabled() and any(t.requires_grad for t in (raw, loc, scale, y)):
-            z = (y.unsqueeze(-1) - loc) / scale
-            a = raw - scale.log() - 0.5 * z.square()
-            return (torch.logsumexp(a, -1) - torch.logsumexp(raw, -1)).sum(-1) - const
-        # no graph: the same sums in place, three full-size temporaries instead of ten
-        a = (y.unsqueeze(-1) - loc).div_(scale).square_().mul_(-0.5).add_(raw).sub_(scale.log())
-        return (_logsumexp_(a) - _logsumexp_(raw.clone())).sum(-1) - const
+            # the D mixtures as a batch of 1-D ones, through GaussianMixture's kernel and its
+            # hand-written backward pass (finite gradients for components of no weight)
+            lp = DiagonalMixtureLogProb.apply(
+                raw, loc[..., None], scale[..., None], y[..., None, None]
+            )
+            return lp.sum(-1)
+        # no graph: the same sums in place, three full-size temporaries instead of ten; the
+        # logits shifted to a maximum of 0 first, so that large ones do not swamp the densities
+        shifted = raw - raw.amax(-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+        a = (y.unsqueeze(-1) - loc).div_(scale).square_().mul_(-0.5).add_(shifted)
+        a = _logsumexp_(a.sub_(scale.log()))
+        return (a - shifted.exp_().sum(-1).log_()).sum(-1) - self._d * _HALF_LOG_2PI
 
     def posterior(self, value: Tensor) -> Tensor:
         r"""Responsibilities :math:`p(k_d = k \mid y_d)` of every dimension, ``(..., D, K)``."""
@@ -367,22 +318,25 @@ class PerDimensionMixture(Distribution):
         shape = self._extended_shape(torch.Size(sample_shape))[:-1]
         loc = self.loc
         gen = as_generator(generator, loc.device)
-        t = _temperature(temperature, "temperature", loc, self.batch_shape, finite=False)
-        s = _temperature(sigma_temperature, "sigma_temperature", loc, self.batch_shape, True)
-        if t.dim() == 0 and float(t) == 0.0:
+        t = check_temperature(temperature, "temperature", loc, self.batch_shape, finite=False)
+        s = check_temperature(sigma_temperature, "sigma_temperature", loc, self.batch_shape, True)
+        if not isinstance(t, Tensor) and t == 0.0:
             idx = self._raw_logits.argmax(-1).expand(*shape, self._d)
         else:
             raw = self._raw_logits
-            scaled = raw if t.dim() == 0 and float(t) == 1.0 else _scaled_logits(raw, t)
-            idx = _draw_components(scaled, shape, gen)
+            one = not isinstance(t, Tensor) and t == 1.0
+            scaled = raw if one else tempered_logits(raw, _per_row(t))
+            idx = draw_components(scaled, torch.Size((*shape, self._d)), gen)
         full = (*shape, self._d, self._k)
         idx = idx.unsqueeze(-1)
         mean = loc.expand(full).gather(-1, idx).squeeze(-1)
-        if s.dim() == 0 and float(s) == 0.0:
+        if not isinstance(s, Tensor) and s == 0.0:
             return mean
         sigma = self.scale.expand(full).gather(-1, idx).squeeze(-1)
-        if not (s.dim() == 0 and float(s) == 1.0):
-            sigma = sigma * (s.sqrt().unsqueeze(-1) if s.dim() else math.sqrt(float(s)))
+        if isinstance(s, Tensor):
+            sigma = sigma * s.sqrt().unsqueeze(-1)
+        elif s != 1.0:
+            sigma = sigma * math.sqrt(s)
         eps = torch.randn(mean.shape, dtype=loc.dtype, device=loc.device, generator=gen)
         return torch.addcmul(mean, sigma, eps)
 
@@ -396,12 +350,12 @@ class PerDimensionMixture(Distribution):
         and finite here (a zero-variance mixture has no density).
         """
         loc, batch = self.loc, self.batch_shape
-        t = _temperature(temperature, "temperature", loc, batch, finite=False)
-        s = _temperature(sigma_temperature, "sigma_temperature", loc, batch, finite=True)
-        if (s == 0).any():
+        t = check_temperature(temperature, "temperature", loc, batch, finite=False)
+        s = check_temperature(sigma_temperature, "sigma_temperature", loc, batch, finite=True)
+        if bool((s == 0).any()) if isinstance(s, Tensor) else s == 0:
             raise ValueError("sigma_temperature must be > 0 for a tempered distribution")
-        logits = _scaled_logits(self._raw_logits, t)
-        scale = self.scale * _per_row(s.sqrt())
+        logits = tempered_logits(self._raw_logits, _per_row(t))
+        scale = self.scale * (_per_row(s.sqrt()) if isinstance(s, Tensor) else math.sqrt(s))
         return PerDimensionMixture(logits, loc, scale, validate_args=False)
 
     # ------------------------------------------------------------------ other views
