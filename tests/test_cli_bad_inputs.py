@@ -114,7 +114,6 @@ class Case:
 
 FIT = "fit {data} --x x --y y --epochs 1 -o {dir}/out.mdn"
 FIT_BAD = "fit {bad} --x x --y y --epochs 1 -o {dir}/out.mdn"
-LOADER = "loader hardening in progress"
 
 CSV_CASES = [
     Case(
@@ -308,7 +307,6 @@ MODEL_CASES = [
         ("bad.mdn",),
         _deep_header,
         "bad.mdn",
-        xfail=LOADER,
     ),
     Case(
         "model-config-nested-100000-deep",
@@ -316,7 +314,6 @@ MODEL_CASES = [
         ("bad.mdn", "config"),
         lambda raw: _edited(raw, {"config": _deep(100_000)}),
         "bad.mdn",
-        xfail=LOADER,
     ),
     Case(
         "model-user-nested-100000-deep",
@@ -331,7 +328,6 @@ MODEL_CASES = [
         ("bad.mdn", "config"),
         lambda raw: _edited(raw, {"config": "hidden: [16]"}),
         "bad.mdn",
-        xfail=LOADER,
     ),
     Case(
         "model-user-metadata-a-list",
@@ -354,7 +350,6 @@ MODEL_CASES = [
         ("bad.mdn", "NaN"),
         lambda raw: _edited(raw, tensors={_first_weight(raw): _nan_first}),
         "bad.mdn",
-        xfail=LOADER,
     ),
     Case(
         "model-zero-target-scale",
@@ -362,7 +357,6 @@ MODEL_CASES = [
         ("bad.mdn", "y_std"),
         lambda raw: _edited(raw, tensors={"y_std": np.zeros_like}),
         "bad.mdn",
-        xfail=LOADER,
     ),
     Case(
         "model-class-os.system",

@@ -194,6 +194,7 @@ class HeadLayout:
             )
         object.__setattr__(self, "num_components", int(self.num_components))
         object.__setattr__(self, "out_features", int(self.out_features))
+        checks.number("min_scale", self.min_scale, low=0.0)
         object.__setattr__(self, "min_scale", float(self.min_scale))
         object.__setattr__(self, "scale_map", ScaleMap(self.scale_transform, self.min_scale))
 
