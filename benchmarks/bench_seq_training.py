@@ -14,8 +14,11 @@ so one batch is 4 096 events.  ``dx, dy`` are divided by their standard deviatio
 * ``mdnkit``: ``MDNRNN(2, hidden_size=192, num_layers=1, num_components=10, pen_states=2)``
   (10 diagonal components for ``(dx, dy)`` and a pen-state softmax: a little more head than
   Keras's) on ``w[:, 1:]`` with lengths 64, prepared as ``fit`` prepares it, trained by the step
-  ``fit`` runs: ``EpochStep.for_model(model, data).run(batches, Optimisation.build(FitSettings(),
-  ...))`` (autograd on ``model.loss(x, lengths)``, gradient clipping at 10, Adam);
+  ``fit`` runs: ``EpochStep.for_model(model, data)`` (the model's autograd-free
+  :class:`~mdnkit.sequence.fast.LSTMFastStep`), its ``prepare`` once, then
+  ``.run(batches, Optimisation.build(FitSettings(), ...))`` (gradient clipping at 10, Adam);
+* ``mdnkit-autograd``: the same with autograd on ``model.loss(x, lengths)`` (``EpochStep(model)``,
+  ``nn.LSTM``: oneDNN's LSTM on the CPU), what ``fit`` ran before the fast step;
 * ``keras-jax`` and ``keras-torch``: the Keras model above (keras-mdn-layer's ``mdn`` module),
   ``model.fit(X, Y, batch_size=64, epochs=1, shuffle=False, verbose=0)`` on the JAX and the
   torch Keras backends;
@@ -26,13 +29,15 @@ Each contender runs in its own subprocess (the Keras backend is chosen at import
 interleaved so that load from other processes hits all of them alike.  Threads are set equally:
 ``--threads N`` (default 1) becomes ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
 ``torch.set_num_threads`` and ``torch.set_num_interop_threads`` in every worker, and XLA's CPU
-flags ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` for JAX.  A worker
+flags ``intra_op_parallelism_threads=N`` and ``--xla_cpu_multi_thread_eigen`` (false for one
+thread, true for more) for JAX.  A worker
 warms up (compilation, first batches), then times ``model.fit`` / the step on as many batches as
 fill ``--seconds``.  Reported: events per second of wall time (median of the rounds, and their
 spread) and events per CPU-second of the process (less sensitive to other jobs on the machine),
 the load average, the versions.
 
     python benchmarks/bench_seq_training.py [--rounds 3] [--seconds 10] [--threads 1]
+    python benchmarks/bench_seq_training.py --only mdnkit,mdnkit-autograd,keras-jax,keras-torch
     python benchmarks/bench_seq_training.py --baseline /tmp/before   # + an older mdnkit
 """
 
@@ -85,7 +90,7 @@ def _timed(train, rate_batches: int, seconds: float) -> dict:
     return {"events_s": events / wall, "events_cpu_s": events / cpu, "batches": done}
 
 
-def _worker_mdnkit(path: str, seconds: float, threads: int) -> dict:
+def _worker_mdnkit(path: str, seconds: float, threads: int, autograd: bool = False) -> dict:
     import torch
 
     _threads(threads)
@@ -100,23 +105,27 @@ def _worker_mdnkit(path: str, seconds: float, threads: int) -> dict:
     model.prepare(x, lengths)
     model.train()
     dev = torch.device("cpu")
-    step = EpochStep.for_model(model, (x, lengths))
+    # fit's choice (the model's fast step where it offers one), or autograd when asked
+    step = EpochStep(model) if autograd else EpochStep.for_model(model, (x, lengths))
     optim = Optimisation.build(FitSettings(), step.parameters, dev, direct=step.fast is not None)
     nb = x.shape[0] // BATCH
     offset = [0]
+    with step.attached():
+        data = step.prepare((x, lengths))  # once, as fit does
 
-    def train(n: int) -> int:
-        def batches():
-            for i in range(n):
-                j = ((offset[0] + i) % nb) * BATCH
-                yield x[j : j + BATCH], lengths[j : j + BATCH]
+        def train(n: int) -> int:
+            def batches():
+                for i in range(n):
+                    j = ((offset[0] + i) % nb) * BATCH
+                    yield tuple(t[j : j + BATCH] for t in data)
 
-        step.run(batches(), optim, dev)
-        offset[0] += n
-        return n
+            step.run(batches(), optim, dev)
+            offset[0] += n
+            return n
 
-    out = _timed(train, 3, seconds)
+        out = _timed(train, 3, seconds)
     out["threads"] = torch.get_num_threads()
+    out["fast_step"] = type(step.fast).__name__ if step.fast is not None else None
     return out
 
 
@@ -157,7 +166,8 @@ def _run(kind: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
     n = str(args.threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
-    env["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}"
+    eigen = "false" if args.threads == 1 else "true"  # XLA's Eigen uses the N threads too
+    env["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={n}"
     worker = kind
     if kind.startswith("keras"):
         env["KERAS_BACKEND"] = kind.split("-")[1]
@@ -165,6 +175,8 @@ def _run(kind: str, args: argparse.Namespace) -> dict:
     elif kind == "mdnkit-before":
         env["PYTHONPATH"] = os.pathsep.join([args.baseline, env.get("PYTHONPATH", "")])
         worker = "mdnkit"
+    elif kind not in ("mdnkit", "mdnkit-autograd"):
+        raise SystemExit(f"unknown trainer {kind!r}: expected mdnkit, mdnkit-autograd or keras-*")
     cmd = [sys.executable, __file__, "--worker", worker, "--data", args.data]
     cmd += ["--seconds", str(args.seconds), "--threads", n]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -207,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per worker")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="mdnkit,keras-jax,keras-torch")
+    ap.add_argument("--only", default="mdnkit,mdnkit-autograd,keras-jax,keras-torch")
     ap.add_argument("--baseline", default=None, help="also time mdnkit imported from this src dir")
     ap.add_argument("--data", default=os.environ.get("MDNKIT_KANJI", DATA))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        fn = _worker_mdnkit if args.worker == "mdnkit" else _worker_keras
-        print(json.dumps(fn(args.data, args.seconds, args.threads)))
+        if args.worker.startswith("mdnkit"):
+            auto = args.worker == "mdnkit-autograd"
+            res = _worker_mdnkit(args.data, args.seconds, args.threads, autograd=auto)
+        else:
+            res = _worker_keras(args.data, args.seconds, args.threads)
+        print(json.dumps(res))
         return 0
     kinds = args.only.split(",")
     if args.baseline:

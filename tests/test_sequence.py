@@ -518,3 +518,175 @@ def test_high_dimensional_events():
     p = g.predict(x[0, 0].numpy())
     np.testing.assert_allclose(p["loc"][0], mix.loc[0, 0].numpy(), atol=1e-5, rtol=1e-5)
     assert m.generate(4, generator=0).shape == (1, 4, 64)
+
+
+# ------------------------------------------------------------------ the autograd-free LSTM step
+def _fast_case(pen_states=2, lengths=(7, 3, 7, 1, 5), layers=1, dtype=torch.float64, **kw):
+    """A model with perturbed weights (so no gradient is trivially zero) and a batch tuple."""
+    torch.manual_seed(1)
+    m = MDNRNN(2, hidden_size=7, num_layers=layers, num_components=3, pen_states=pen_states, **kw)
+    m = m.to(dtype)
+    x, lens = pad_sequences(_data(pen_states, lengths=lengths))
+    x = x.to(dtype)
+    # padding holds NaN: it must never reach the step (as model.loss ignores it)
+    x[torch.arange(x.shape[1])[None, :] >= lens[:, None]] = float("nan")
+    data = [x, lens]
+    b, t = x.shape[0], x.shape[1]
+    if kw.get("input_dim"):
+        data.append(torch.randn(b, t, kw["input_dim"], dtype=dtype))
+    if kw.get("context_dim"):
+        data.append(torch.randn(b, kw["context_dim"], dtype=dtype))
+    m.prepare(x, lens)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m, data
+
+
+def _fast_and_autograd(m, data):
+    """(fast loss, {parameter name: fast gradient}, autograd loss, {name: autograd gradient})."""
+    named = list(m.named_parameters())
+    ref = m.loss(*data)
+    grads = torch.autograd.grad(ref, [p for _, p in named])
+    step = m.fast_step(*data)
+    assert step is not None, "the fast step should apply to this model"
+    with step.attached():
+        loss = step(*step.prepare(*data))
+        # the parameters are views of the flat buffer here; their gradients are in flat.grad
+        own = {id(p): g.clone() for p, g in zip(step.buffers.params, step.buffers.grads)}
+    fast = {name: own[id(p)] for name, p in named}
+    return loss, fast, ref.detach(), dict(zip([n for n, _ in named], grads))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},  # ragged lengths: packed steps
+        {"lengths": (6, 6, 6)},  # every sequence as long as the longest
+        {"pen_states": 0, "layers": 2},
+        {"pen_states": 3, "layers": 3, "covariance": "spherical", "lengths": (4, 9, 2)},
+        {"input_dim": 2, "context_dim": 3, "context_init": False, "layers": 2},
+        {"scale_transform": "exp", "lengths": (1, 3, 1)},
+    ],
+    ids=["ragged", "uniform", "two-layers", "three-layers-spherical", "conditioned", "exp"],
+)
+def test_fast_step_equals_autograd(case):
+    """Loss and every gradient of the hand-written step equal autograd's through nn.LSTM and the
+    mixture's log_prob (float64: to 1e-12 relative for the loss, 1e-9 for the gradients)."""
+    case = dict(case)
+    m, data = _fast_case(
+        case.pop("pen_states", 2), case.pop("lengths", (7, 3, 7, 1, 5)), case.pop("layers", 1),
+        **case,
+    )  # fmt: skip
+    loss, fast, ref, grads = _fast_and_autograd(m, data)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-12)
+    for name, g in grads.items():
+        assert float(g.abs().max()) > 0, name
+        torch.testing.assert_close(fast[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_fast_step_float32_agrees_with_autograd():
+    """In float32 the two differ by rounding only: tanh as 2 sigmoid(2x) - 1 and other
+    summation orders (5e-5 relative on the gradient's norm, 1e-5 on the loss)."""
+    m, data = _fast_case(dtype=torch.float32, lengths=(9, 4, 9, 6))
+    loss, fast, ref, grads = _fast_and_autograd(m, data)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    diff = torch.cat([(fast[n] - g).reshape(-1) for n, g in grads.items()]).norm()
+    norm = torch.cat([g.reshape(-1) for g in grads.values()]).norm()
+    assert float(diff / norm) < 5e-5
+
+
+def test_tanh_from_sigmoid_is_within_two_ulp_of_one():
+    from mdnkit.sequence.fast import tanh_
+
+    x = torch.linspace(-20, 20, 100001)
+    exact = torch.tanh(x.double())
+    got = tanh_(x.clone()).double()
+    assert float((got - exact).abs().max()) <= 2 * torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"cell": "gru"},
+        {"dropout": 0.1},  # between the two layers
+        {"context_dim": 2},  # context_init: the context sets the initial state
+        {"done": True},
+        {"reward": True},
+        {"mixture": "per_dimension"},
+        {"covariance": "full"},
+    ],
+)
+def test_fast_step_steps_aside_where_its_formulas_do_not_hold(kw):
+    m = MDNRNN(2, hidden_size=4, num_layers=2, num_components=2, **kw)
+    x = torch.zeros(2, 3, m.columns)
+    assert m.fast_step(x) is None
+    assert MDNRNN(2, hidden_size=4).half().fast_step(x.half()) is None
+    frozen = MDNRNN(2, hidden_size=4)
+    frozen.rnn.weight_hh_l0.requires_grad_(False)
+    assert frozen.fast_step(x) is None
+
+
+def test_fit_with_the_fast_step_trains_as_autograd_does(monkeypatch):
+    """fit with the fast step and fit on autograd (the step switched off) give the same history
+    and weights (float64, same seed), and the parameters get their own storage back."""
+    training = pytest.importorskip("mdnkit.training")
+    x, lengths = pad_sequences(_data(2, lengths=(6, 3, 9, 4, 8, 5, 7, 2)))
+    x = x.double()
+    runs = []
+    made: list = []
+
+    def offer(own):
+        return lambda *data: made.append(own(*data)) or made[-1]
+
+    for fast in (True, False):
+        m = _model(pen_states=2).double()
+        monkeypatch.setattr(m, "fast_step", offer(m.fast_step) if fast else lambda *d: None)
+        hist = training.fit(m, x, lengths, epochs=3, batch_size=4, validation_split=0.0, seed=0)
+        runs.append((hist.train_nll, [p.detach().clone() for p in m.parameters()], m))
+    assert type(made[0]).__name__ == "LSTMFastStep"
+    (h_fast, w_fast, m), (h_auto, w_auto, _) = runs
+    assert h_fast == pytest.approx(h_auto, rel=1e-9)
+    for a, b in zip(w_fast, w_auto):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    assert len(set(ptrs)) == len(ptrs) and all(p.grad is None for p in m.parameters())
+
+
+def test_fast_step_checks_the_data_as_the_loss_does():
+    x, lengths = pad_sequences(_data(2))
+    x[0, 1, 2] = 5.0  # not a pen state
+    m = _model(pen_states=2)
+    with pytest.raises(ValueError, match="pen-state index in 0..1") as autograd:
+        m.loss(x, lengths)
+    step = m.fast_step(x, lengths)
+    with pytest.raises(ValueError, match="pen-state index in 0..1") as fast:
+        step.prepare(x, lengths)
+    assert str(fast.value) == str(autograd.value)
+
+
+@pytest.mark.parametrize("threads, lengths", [(2, (7, 3, 9, 4, 8, 5, 7, 2) * 3), (3, (6,) * 30)])
+def test_fast_step_in_parts_on_threads_equals_autograd(threads, lengths):
+    """With several threads a batch runs in parts side by side (ragged: dealt out by length;
+    uniform: cut in slices); the summed loss and gradients are still autograd's, and the thread
+    count is one inside the context and restored after it."""
+    torch.manual_seed(0)
+    m = MDNRNN(2, hidden_size=7, num_layers=2, num_components=3, pen_states=2).double()
+    x, lens = pad_sequences(_data(2, lengths=lengths))
+    x = x.double()
+    m.prepare(x, lens)
+    ref = m.loss(x, lens)
+    grads = torch.autograd.grad(ref, list(m.parameters()))
+    torch.set_num_threads(threads)  # (the module's fixture restores one thread)
+    step = m.fast_step(x, lens)
+    step.max_parts = threads  # (2 by default: 3 runs the general code)
+    with step.attached():
+        assert torch.get_num_threads() == 1
+        features, lengths_ = step.prepare(x, lens)
+        assert len(step._split(features, lengths_)) == threads
+        loss = step(features, lengths_)
+        own = {id(p): g.clone() for p, g in zip(step.buffers.params, step.buffers.grads)}
+    assert torch.get_num_threads() == threads
+    assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)
+    for p, g in zip(m.parameters(), grads):
+        torch.testing.assert_close(own[id(p)], g, rtol=1e-9, atol=1e-12)

@@ -58,7 +58,10 @@ The package's modules:
 - :mod:`~mdnkit.sequence.model`: :class:`MDNRNN`;
 - :mod:`~mdnkit.sequence.runtime`: the NumPy step runtime, :class:`Sampling`,
   :class:`StepGenerator`;
-- :mod:`~mdnkit.sequence.onnx`: :func:`export_onnx`, :class:`OnnxGenerator`.
+- :mod:`~mdnkit.sequence.onnx`: :func:`export_onnx`, :class:`OnnxGenerator`;
+- :mod:`~mdnkit.sequence.fast`: :class:`~mdnkit.sequence.fast.LSTMFastStep`, the autograd-free
+  training step ``fit`` uses for the models its formulas cover (``MDNRNN.fast_step``);
+- :mod:`~mdnkit.sequence.vae`: :class:`SketchVAE`.
 
 Example:
     >>> model = MDNRNN(event_dim=2, hidden_size=16, num_layers=1, pen_states=2)

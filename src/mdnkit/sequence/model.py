@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -46,11 +46,12 @@ from ..options import (
 )
 from ..per_dimension import PerDimensionMixture
 from .data import ArrayLike
+from .fast import LSTMFastStep
 
 if TYPE_CHECKING:
     from .runtime import StepGenerator
 
-__all__ = ["MDNRNN", "PEN_STATES", "SequenceOutput"]
+__all__ = ["MDNRNN", "PEN_STATES", "NetworkInputs", "SequenceOutput"]
 
 #: The allowed numbers of pen states: none, stroke-3's (down, lifted) or stroke-5's (+ the end).
 PEN_STATES = (0, 2, 3)
@@ -114,6 +115,26 @@ class SequenceOutput(tuple):
     @property
     def state(self) -> Any:
         return self[2]
+
+
+class NetworkInputs(NamedTuple):
+    """A training batch as the recurrent network reads it (:meth:`MDNRNN.network_inputs`).
+
+    Attributes:
+        x: the checked events, cut to the longest length ``T'``: ``(B, T', columns)``.
+        inputs: the recurrent network's input at every step, ``(B, T', input_size)``.
+        context: the checked context ``(B, context_dim)``, or None.
+        lengths: ``(B,)`` long, each sequence's number of events.
+        mask: ``(B, T')``, True at real events.
+        padded: whether any event is padding (False: ``mask`` is all True).
+    """
+
+    x: Tensor
+    inputs: Tensor
+    context: Tensor | None
+    lengths: Tensor
+    mask: Tensor
+    padded: bool
 
 
 class MDNRNN(nn.Module):
@@ -618,10 +639,28 @@ class MDNRNN(nn.Module):
         inputs: ArrayLike | None,
         context: ArrayLike | None,
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-event NLL terms (zero at padding), by part, and the mask.
+        """Per-event NLL terms (zero at padding), by part, and the mask."""
+        seen = self.network_inputs(x, lengths, inputs, context)
+        h, _ = self.rnn(seen.inputs, self.initial_state(seen.context))
+        return self._nll_terms(h, seen.x, seen.mask if seen.padded else None), seen.mask
 
-        When every sequence has the batch's longest length (windows cut from a stream, say)
-        nothing is padding, and the masking is skipped (``mask=None`` inside): same values.
+    def network_inputs(
+        self,
+        x: ArrayLike,
+        lengths: ArrayLike | None = None,
+        inputs: ArrayLike | None = None,
+        context: ArrayLike | None = None,
+    ) -> NetworkInputs:
+        """The batch :meth:`loss` takes, checked as it checks it, as the recurrent network reads
+        it in training (a :class:`NetworkInputs`): the input of the step that predicts event
+        ``t`` is ``[encoded x[:, t-1] (the start token at t = 0), inputs[:, t], context]``,
+        zeros at padding, cut to the longest length.
+
+        Example:
+            >>> model = MDNRNN(2, hidden_size=8, num_layers=1, pen_states=2)
+            >>> seen = model.network_inputs(torch.zeros(3, 5, 3), [5, 2, 4])
+            >>> tuple(seen.inputs.shape), seen.padded, seen.inputs[:, 0, -1].tolist()
+            ((3, 5, 5), True, [1.0, 1.0, 1.0])
         """
         x = self._check_x(x)
         b, t = x.shape[0], x.shape[1]
@@ -632,24 +671,35 @@ class MDNRNN(nn.Module):
         x = x[:, :tmax]
         inputs = None if inputs is None else inputs[:, :tmax]
         mask = torch.arange(tmax, device=x.device)[None, :] < lengths[:, None]
-        real = None if bool(lengths.min() == tmax) else mask
+        padded = not bool(lengths.min() == tmax)
+        # nothing is padding (windows cut from a stream, say): the masking is skipped
+        real = mask if padded else None
         enc = torch.cat(
             [self._start(b, x), self._encode(x[:, :-1], None if real is None else real[:, :-1])], 1
         )
-        h, _ = self.rnn(self._conditioned(enc, inputs, context, real), self.initial_state(context))
-        return self._nll_terms(h, x, real), mask
+        steps = self._conditioned(enc, inputs, context, real)
+        return NetworkInputs(x, steps, context, lengths, mask, padded)
+
+    def standardized_targets(
+        self, x: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The targets of checked events ``x`` ``(B, T, columns)`` (real where ``mask``): the
+        standardised continuous values ``(B, T, event_dim)`` and the pen-state indices
+        ``(B, T)`` (long; None without pen states), zeros at padding.  An index that is not a
+        whole number in ``0 .. pen_states - 1`` raises a :class:`ValueError`."""
+        u = (x[..., : self.event_dim] - self.shift) / self.scale
+        if mask is not None:
+            u = torch.where(mask.unsqueeze(-1), u, torch.zeros((), dtype=u.dtype))
+        return u, (self._pen_index(x, mask) if self.pen_states else None)
 
     def _nll_terms(self, h: Tensor, x: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
         """The NLL of each part of every event given the network's outputs ``h`` (``mask``:
         which events are real; None: all of them)."""
         m = self._mixture_std(h)
-        u = (x[..., : self.event_dim] - self.shift) / self.scale
-        if mask is not None:
-            u = torch.where(mask.unsqueeze(-1), u, torch.zeros((), dtype=u.dtype))
+        u, target = self.standardized_targets(x, mask)
         lp = m.log_prob(u) - self.scale.log().sum()
         terms = {"mixture_nll": _masked(-lp, mask)}
-        if self.pen is not None:
-            target = self._pen_index(x, mask)
+        if self.pen is not None and target is not None:
             ce = F.cross_entropy(
                 self.pen(h).reshape(-1, self.pen_states), target.reshape(-1), reduction="none"
             )
@@ -701,6 +751,35 @@ class MDNRNN(nn.Module):
         if reduction == "sum":
             return nll.sum()
         return nll.sum() / mask.sum()
+
+    def fast_step(self, *data: Tensor) -> LSTMFastStep | None:
+        """The autograd-free training step :func:`mdnkit.fit` uses (:mod:`mdnkit.sequence.fast`)
+        for in-memory sequences ``data = (x, lengths, inputs, context)`` (as :meth:`loss` takes
+        them) when its formulas hold: an LSTM without dropout between layers and without a
+        context-set initial state, a joint mixture with diagonal or spherical components,
+        no done or reward head, every parameter trainable, float32 or float64 on the CPU
+        (on a GPU a loop of small kernels per step would be bound by their launches: autograd
+        runs cuDNN's fused LSTM there); else None."""
+        if not 1 <= len(data) <= 4 or any(not isinstance(t, Tensor) for t in data):
+            return None
+        own = ("loss", "_terms", "_nll_terms", "_mixture_std", "network_inputs")
+        params = list(self.parameters())
+        ok = (
+            self.cell == "lstm"
+            and (self.dropout == 0.0 or self.num_layers == 1)
+            and self.state_init is None
+            and self.done_head is None
+            and self.reward_head is None
+            and self.covariance != "full"
+            and self.mixture == "joint"
+            and all(getattr(type(self), n) is getattr(MDNRNN, n) for n in own)
+            and all(p.requires_grad for p in params)
+            and len(params) == 4 * self.num_layers + (4 if self.pen_states else 2)  # none shared
+            and len({(p.device, p.dtype) for p in params}) == 1
+            and params[0].device.type == "cpu"
+            and params[0].dtype in (torch.float32, torch.float64)
+        )
+        return LSTMFastStep(self) if ok else None
 
     @torch.no_grad()
     def evaluate(
