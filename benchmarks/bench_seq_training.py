@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 
+from report import Report, add_json_argument
+
 HIDDEN, K, WINDOW, BATCH = 192, 10, 64, 64
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "strokes", "kanji.npz")
 
@@ -212,6 +214,20 @@ def _report(results: dict[str, list[dict]], args: argparse.Namespace, loads: lis
         print()
         print(f"mdnkit now / before: {med['mdnkit'] / med['mdnkit-before']:.2f}x (wall), "
               f"{cpu['mdnkit'] / cpu['mdnkit-before']:.2f}x (CPU)")  # fmt: skip
+    report = Report("bench_seq_training", __doc__)
+    note = f"LSTM {HIDDEN}, K={K}, batch {BATCH} x {WINDOW} kanji events, {args.threads} thread(s)"
+    for k, v in results.items():
+        report.add(f"{k}: events/s", [r["events_s"] for r in v], "events/s", note=note)
+        report.add(f"{k}: events per CPU-second", [r["events_cpu_s"] for r in v], "events/CPU-s")
+    if best and "mdnkit" in results:
+        report.add(
+            "mdnkit speed-up over the faster Keras route, round by round",
+            [a["events_s"] / b["events_s"] for a, b in zip(results["mdnkit"], results[best])],
+            "x",
+            competitor=f"keras-mdn-layer 1.0.0 on {best}",
+            target=">= 2.5x",
+        )
+    report.finish(args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default=None, help="also time mdnkit imported from this src dir")
     ap.add_argument("--data", default=os.environ.get("MDNKIT_KANJI", DATA))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_json_argument(ap)
     args = ap.parse_args(argv)
     if args.worker:
         if args.worker.startswith("mdnkit"):
