@@ -23,13 +23,21 @@ Prints a markdown table::
 
     python benchmarks/bench_realtime.py            # about a minute
     python benchmarks/bench_realtime.py --quick    # a few seconds
+    python benchmarks/bench_realtime.py --quick --baseline /tmp/base/src   # + old vs new
+
+``--baseline SRC`` also times route 1 with mdnkit from another source folder against this one,
+each in its own process (the same seeded network), the processes alternating round by round;
+the ratio of each round is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -114,12 +122,46 @@ def keras_steps():
     return call_step, predict_step, np.zeros(D, np.float32)
 
 
+def _worker_step(n: int, repeats: int) -> dict:
+    """Route 1 alone in this process (whatever mdnkit it imports): µs per event, the median of
+    ``repeats`` runs of ``n`` steps."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = MDNRNN(D, hidden_size=H, num_layers=LAYERS, num_components=K).eval()
+    model.prepare(torch.randn(64, 32, D))
+    step, event = mdnkit_step(model)
+    _per_step(step, event, n // 5)
+    return {"us": statistics.median(_per_step(step, event, n) * 1e6 for _ in range(repeats))}
+
+
+def _against_baseline(source: str, rounds: int, n: int) -> tuple[list[float], list[float]]:
+    """Route 1 with this mdnkit and with the one in ``source``, alternating processes."""
+    here: list[float] = []
+    there: list[float] = []
+    cmd = [sys.executable, __file__, "--worker-step", str(n)]
+    for _ in range(rounds):
+        for src, out in ((None, here), (source, there)):
+            env = dict(os.environ)
+            if src is not None:
+                env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"worker failed:\n{res.stderr[-3000:]}")
+            out.append(json.loads(res.stdout.strip().splitlines()[-1])["us"])
+    return here, there
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--baseline", default=None, metavar="SRC")
+    parser.add_argument("--worker-step", type=int, default=None, help=argparse.SUPPRESS)
     add_json_argument(parser)
     args = parser.parse_args(argv)
+    if args.worker_step:
+        print(json.dumps(_worker_step(args.worker_step, 5)))
+        return {}
     torch.set_num_threads(1)
     repeats = args.repeats or (3 if args.quick else 15)
     n_fast, n_slow = (300, 30) if args.quick else (2000, 150)
@@ -167,6 +209,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             [b / a for a, b in zip(ours, times[best])],
             "x",
             competitor=best,
+        )
+    if args.baseline:
+        here, there = _against_baseline(args.baseline, max(repeats, 5), n_fast)
+        note = "each in its own process, alternating; the median of 5 runs a round"
+        report.add("mdnkit StepGenerator: µs per event, this source", here, "µs", better="lower",
+                   note=note)  # fmt: skip
+        report.add(f"mdnkit StepGenerator: µs per event, {args.baseline}", there, "µs",
+                   better="lower", note=note)  # fmt: skip
+        report.add(
+            "mdnkit StepGenerator speed-up over the baseline source, round by round",
+            [b / a for a, b in zip(here, there)],
+            "x",
+            competitor=f"mdnkit from {args.baseline}",
         )
     report.finish(args.json)
     return med

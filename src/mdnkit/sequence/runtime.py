@@ -40,6 +40,7 @@ from .model import MDNRNN
 __all__ = ["Sampling", "GeneratorBase", "StepGenerator", "StepParams"]
 
 _SOURCES = "None, an int seed, a numpy.random.Generator or a torch.Generator"
+_FLOAT32 = np.dtype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -499,8 +500,10 @@ def _npy(t: Tensor) -> np.ndarray:
 
 def _fold_rnn(model: MDNRNN, shift: np.ndarray, scale: np.ndarray) -> list[tuple]:
     """The recurrent layers as NumPy matrices, the input standardisation folded into layer 0:
-    ``(W,)`` per LSTM layer (one matrix for the buffer ``[x, h, 1]``), ``(W_ih, W_hh, b_ih,
-    b_hh)`` per GRU layer."""
+    ``(W,)`` per LSTM layer, one matrix for what it reads from the state buffer (``[x, h_0,
+    1]`` for layer 0, ``[h_{l-1}, 1, h_l]`` above it: see :meth:`StepGenerator._reset_state`)
+    with the gates' columns in the order ``[i, f, o, g]``; ``(W_ih, W_hh, b_ih, b_hh)`` per GRU
+    layer."""
     d, h = model.event_dim, model.hidden_size
     layers = []
     for layer in range(model.num_layers):
@@ -513,10 +516,15 @@ def _fold_rnn(model: MDNRNN, shift: np.ndarray, scale: np.ndarray) -> list[tuple
             b_ih = b_ih - w_ih[:, :d] @ (shift / scale)
             w_ih[:, :d] = w_ih[:, :d] / scale
         if model.cell == "lstm":
-            # sigma(a) = (1 + tanh(a / 2)) / 2: pre-scale the i, f, o rows so that one tanh
-            # over all four gates does the work; the last row of W is the bias.
-            half = np.where(np.arange(4 * h) // h == 2, 1.0, 0.5).astype(np.float32)
-            w = np.concatenate([w_ih.T, w_hh.T, (b_ih + b_hh)[None]], 0) * half
+            # sigma(a) = (1 + tanh(a / 2)) / 2: pre-scale the i, f, o columns so that one tanh
+            # over all four gates does the work; PyTorch's order i, f, g, o becomes i, f, o, g
+            # (the three sigmoid gates side by side)
+            gate = np.arange(4 * h) // h
+            order = np.concatenate([np.flatnonzero(gate == j) for j in (0, 1, 3, 2)])
+            half = np.where(np.arange(4 * h) < 3 * h, 0.5, 1.0).astype(np.float32)
+            bias = (b_ih + b_hh)[None]
+            rows = [w_ih.T, w_hh.T, bias] if layer == 0 else [w_ih.T, bias, w_hh.T]
+            w = np.concatenate(rows, 0)[:, order] * half
             layers.append((np.ascontiguousarray(w, np.float32),))
         else:
             layers.append((np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih, b_hh))
@@ -644,17 +652,18 @@ class StepGenerator(GeneratorBase):
         self._w_head = _fold_head(model, self._shift, self._scale)
         self._w_init = _linear(model.state_init) if model.state_init is not None else None
         self._r_scale = _npy(model.reward_scale) if model.reward else None
-        gate = np.arange(4 * self.hidden) // self.hidden == 2
-        self._mul = np.where(gate, 1.0, 0.5).astype(np.float32)
-        self._add = np.where(gate, 0.0, 0.5).astype(np.float32)
+        # the sigmoid gates' 0.5 + 0.5 tanh, as arrays shaped like what they meet (a NumPy call
+        # that broadcasts, or that takes a Python number, costs more than one that does not)
+        three = 3 * self.hidden
+        self._half = np.full((1, three) if self.batch == 1 else (three,), 0.5, np.float32)
         # Read on every step: where the extra logits and each component's entries sit.
         k, n = layout.num_components, layout.num_params
         self._pen = slice(n, n + self.pen_states)  # the pen logits follow the head's
         self._done_at = n + self.pen_states  # then the done logit, then the reward's two
         self._reward_at = self._done_at + int(self.done)
         self._logits = layout.logits
-        self._loc_of = _per_component(layout.loc, layout.out_features, k)
-        self._scale_of = _per_component(layout.scale, layout.scale_width, k)
+        loc_of = _per_component(layout.loc, layout.out_features, k)
+        self._pieces = list(zip(loc_of, _per_component(layout.scale, layout.scale_width, k)))
         self._to_scale = layout.scale_map.numpy
         # One stream, a joint mixture of diagonal/spherical components, no extra heads: sample
         # from the raw head output, transforming only the chosen component's scales.
@@ -664,6 +673,8 @@ class StepGenerator(GeneratorBase):
             and not layout.per_dimension
             and not (self.done or self.reward)
         )
+        self._plain = self._fast and self.input_dim == 0  # (step's shortcut, see there)
+        self._width, self._event_shape = self.columns, (self.columns,)
         self._retuned()
         self._reset_state()
 
@@ -672,28 +683,50 @@ class StepGenerator(GeneratorBase):
         self._noise_scale = (self._scale * root).astype(np.float32)
 
     def _reset_state(self) -> None:
-        b, h = self.batch, self.hidden
-        # The state lives in the input buffers: layer l reads [x_l, h_l, 1] from _buf[l].
-        self._sizes = [self._in0] + [h] * (self.num_layers - 1)
-        self._buf = [np.zeros((b, n + h + 1), np.float32) for n in self._sizes]
-        for buf in self._buf:
-            buf[:, -1] = 1.0
-        self._c = [np.zeros((b, h), np.float32) for _ in range(self.num_layers)]
-        self._gates = np.zeros((b, 4 * h), np.float32)
+        b, h, n0, layers = self.batch, self.hidden, self._in0, self.num_layers
+        # One state buffer per stream, [x | h_0 1 | h_1 1 | ...]: layer 0 reads [x, h_0, 1],
+        # layer l > 0 reads [h_{l-1}, 1, h_l] and the head [h_top, 1], each a contiguous slice,
+        # and each layer writes its new h where the next layer (and its own next step) reads it.
+        state = np.zeros((b, n0 + layers * (h + 1)), np.float32)
+        starts = [n0 + i * (h + 1) for i in range(layers)]
+        state[:, [s + h for s in starts]] = 1.0
+        self._x = state[:, :n0]
+        self._h = [state[:, s : s + h] for s in starts]
+        self._reads = [state[:, : n0 + h + 1]] + [state[:, s - h - 1 : s + h] for s in starts[1:]]
+        self._top = state[:, starts[-1] :]
+        # (one stream: the views step's shortcut reads and writes; the start token's flag)
+        self._x_event, self._top_row, self._flag = state[0, : self.event_dim], self._top[0], False
         self._tmp = np.zeros((b, h), np.float32)
+        self._cells = [self._cell() for _ in range(layers)] if self.cell == "lstm" else []
+        self._c = [cell[-1] for cell in self._cells]
         if self.context is not None:
-            self._buf[0][:, self._ctx] = self.context  # constant for the whole sequence
+            self._x[:, self._ctx] = self.context  # constant for the whole sequence
         self._initial = None
         if self._w_init is not None:  # tanh(W c + b): per layer h, then c for an LSTM
             s = np.tanh(self.context @ self._w_init[:-1] + self._w_init[-1])
             per = 2 if self.cell == "lstm" else 1
-            self._initial = s.reshape(b, self.num_layers, per, h).astype(np.float32)
+            self._initial = s.reshape(b, layers, per, h).astype(np.float32)
             self._load_initial()
+
+    def _cell(self) -> tuple[np.ndarray, ...]:
+        """One LSTM layer's buffers and views: the gates ``[i, f, o, g]``, the three sigmoid
+        gates, o, then (one stream) ``[i, f]``, ``[g, c]``, their product ``[i g, f c]`` and its
+        halves, or (several) i, f, g; last the cell state c.  For one stream c sits right after
+        the gates, so that ``[i, f] * [g, c]`` is one call."""
+        b, h = self.batch, self.hidden
+        if b == 1:
+            buf, pair = np.zeros((1, 5 * h), np.float32), np.zeros((1, 2 * h), np.float32)
+            gates, c = buf[:, : 4 * h], buf[:, 4 * h :]
+            views = (buf[:, : 2 * h], buf[:, 3 * h :], pair, pair[:, :h], pair[:, h:])
+            return (gates, gates[:, : 3 * h], gates[:, 2 * h : 3 * h], *views, c)
+        gates, c = np.zeros((b, 4 * h), np.float32), np.zeros((b, h), np.float32)
+        i_, f_, o_, g_ = (gates[:, j * h : (j + 1) * h] for j in range(4))
+        return gates, gates[:, : 3 * h], o_, i_, f_, g_, c
 
     def _load_initial(self) -> None:
         """Set the state to the context's initial state (the start of a sequence)."""
-        for i, (buf, n) in enumerate(zip(self._buf, self._sizes)):
-            buf[:, n : n + self.hidden] = self._initial[:, i, 0]
+        for i, h in enumerate(self._h):
+            h[:] = self._initial[:, i, 0]
             if self.cell == "lstm":
                 self._c[i][:] = self._initial[:, i, 1]
 
@@ -701,11 +734,11 @@ class StepGenerator(GeneratorBase):
     def state(self) -> tuple[np.ndarray, ...]:
         """The recurrent state, as ``nn.LSTM``/``nn.GRU`` lay it out: ``(h, c)`` or ``(h,)``,
         each ``(num_layers, batch, hidden_size)`` (copies)."""
-        h = np.stack([buf[:, n : n + self.hidden] for buf, n in zip(self._buf, self._sizes)])
+        h = np.stack(self._h)
         return (h, np.stack(self._c)) if self.cell == "lstm" else (h,)
 
     def _write_input(self, event: np.ndarray | None, inputs: np.ndarray | None) -> None:
-        x = self._buf[0]
+        x = self._x
         d, p = self.event_dim, self.pen_states
         if inputs is not None:
             x[:, self._inp] = inputs
@@ -716,6 +749,7 @@ class StepGenerator(GeneratorBase):
             if p:
                 x[:, d : d + p] = 0.0
             x[:, d + p] = 1.0
+            self._flag = True
             return
         x[:, :d] = event[:, :d]
         if p:
@@ -723,43 +757,45 @@ class StepGenerator(GeneratorBase):
             idx = np.clip(np.rint(event[:, d]).astype(np.int64), 0, p - 1)
             x[self.sampler.rows, d + idx] = 1.0
         x[:, d + p] = 0.0
+        self._flag = False
 
     def _lstm(self) -> None:
-        bufs, sizes, hd = self._buf, self._sizes, self.hidden
-        g, tmp, mul, add = self._gates, self._tmp, self._mul, self._add
-        last = len(bufs) - 1
-        for i, (w,) in enumerate(self._layers):
-            buf, n = bufs[i], sizes[i]
-            np.dot(buf, w, out=g)
-            np.tanh(g, out=g)
-            g *= mul
-            g += add  # (sigma(i), sigma(f), tanh(g), sigma(o))
-            c = self._c[i]
-            c *= g[:, hd : 2 * hd]
-            np.multiply(g[:, :hd], g[:, 2 * hd : 3 * hd], out=tmp)
+        half, tmp = self._half, self._tmp
+        if self.batch == 1:
+            for (w,), read, h, cell in zip(self._layers, self._reads, self._h, self._cells):
+                gates, sig, o, i_f, g_c, pair, ig, fc, c = cell
+                np.dot(read, w, out=gates)
+                np.tanh(gates, out=gates)
+                np.multiply(sig, half, out=sig)
+                np.add(sig, half, out=sig)  # (sigma(i), sigma(f), sigma(o), tanh(g))
+                np.multiply(i_f, g_c, out=pair)  # (i g, f c)
+                np.add(ig, fc, out=c)
+                np.tanh(c, out=tmp)
+                np.multiply(o, tmp, out=h)
+            return
+        for (w,), read, h, cell in zip(self._layers, self._reads, self._h, self._cells):
+            gates, sig, o, i, f, g, c = cell
+            np.dot(read, w, out=gates)
+            np.tanh(gates, out=gates)
+            np.multiply(sig, half, out=sig)
+            np.add(sig, half, out=sig)
+            c *= f
+            np.multiply(i, g, out=tmp)
             c += tmp
             np.tanh(c, out=tmp)
-            h = buf[:, n : n + hd]
-            np.multiply(g[:, 3 * hd :], tmp, out=h)
-            if i < last:
-                bufs[i + 1][:, :hd] = h
+            np.multiply(o, tmp, out=h)
 
     def _gru(self) -> None:
-        bufs, sizes, hd = self._buf, self._sizes, self.hidden
-        last = len(bufs) - 1
+        hd = self.hidden
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layers):
-            buf, n = bufs[i], sizes[i]
-            h_prev = buf[:, n : n + hd]
-            gi = buf[:, :n] @ w_ih + b_ih
+            h_prev = self._h[i]
+            gi = (self._x if i == 0 else self._h[i - 1]) @ w_ih + b_ih
             gh = h_prev @ w_hh + b_hh
             rz = gi[:, : 2 * hd] + gh[:, : 2 * hd]
             rz = 0.5 + 0.5 * np.tanh(0.5 * rz)
             r, z = rz[:, :hd], rz[:, hd:]
             nn_ = np.tanh(gi[:, 2 * hd :] + r * gh[:, 2 * hd :])
-            h = nn_ + z * (h_prev - nn_)
-            buf[:, n : n + hd] = h
-            if i < last:
-                bufs[i + 1][:, :hd] = h
+            h_prev[:] = nn_ + z * (h_prev - nn_)
 
     def _raw(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
         """Advance the state by one event; return the raw head output ``(B, num_params [+
@@ -769,7 +805,7 @@ class StepGenerator(GeneratorBase):
             self._lstm()
         else:
             self._gru()
-        return self._buf[-1][:, self._sizes[-1] :] @ self._w_head  # [h, 1] @ [W; b]
+        return self._top @ self._w_head  # [h, 1] @ [W; b]
 
     def _advance(self, event: np.ndarray | None, inputs: np.ndarray | None) -> StepParams:
         return self._decode(self._raw(event, inputs))
@@ -794,23 +830,53 @@ class StepGenerator(GeneratorBase):
             out = out._replace(reward_loc=p[:, r], reward_scale=sig)
         return out
 
-    def _sample_fast(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
-        """One stream, diagonal/spherical components: the same draws as :meth:`_Sampler.sample`."""
-        p = self._raw(event, inputs)[0]
-        smp = self.sampler
+    def _sample_one(self, p: np.ndarray) -> np.ndarray:
+        """One stream, diagonal/spherical components: the event ``(columns,)`` from the raw head
+        output ``p`` ``(num_params,)``, with the same draws as :meth:`_Sampler.sample`."""
+        smp, d = self.sampler, self.event_dim
         j = _py_categorical(p[self._logits].tolist(), smp.temperature, smp.rng)
-        y = p[self._loc_of[j]]
+        loc, raw = self._pieces[j]
+        out = np.empty(self._width, np.float32)
+        y = out[:d] if self.pen_states else out
         if smp.sigma_temperature != 0.0:
-            sig = self._to_scale(p[self._scale_of[j]])
-            eps = smp.rng.standard_normal(self.event_dim, dtype=np.float32)
+            eps = smp.rng.standard_normal(d, dtype=np.float32)
             eps *= self._noise_scale  # sqrt(S) * the standardisation's scale
-            eps *= sig
-            y = y + eps
-        out = np.empty((1, self.columns), np.float32)
-        out[0, : self.event_dim] = y
+            eps *= self._to_scale(p[raw])
+            np.add(p[loc], eps, out=y)
+        else:
+            y[:] = p[loc]
         if self.pen_states:
-            out[0, -1] = _py_categorical(p[self._pen].tolist(), smp.pen_temperature, smp.rng)
+            out[-1] = _py_categorical(p[self._pen].tolist(), smp.pen_temperature, smp.rng)
         return out
+
+    def _sample_fast(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
+        return self._sample_one(self._raw(event, inputs)[0])[None]
+
+    def step(self, event: Any = None, inputs: Any = None) -> Any:
+        """:meth:`GeneratorBase.step`: read the previous event and return a sample of the next
+        one.  (One stream reading a float32 NumPy event ``(columns,)`` with nothing else goes
+        straight to the cells and the sampler: the general checks and copies would cost a
+        tenth of the step.)"""
+        if not (
+            self._plain
+            and inputs is None
+            and type(event) is np.ndarray
+            and event.dtype is _FLOAT32
+            and event.shape == self._event_shape
+        ):
+            return super().step(event, inputs)
+        if self.pen_states:
+            self._write_input(event[None], None)
+        else:
+            np.copyto(self._x_event, event)
+            if self._flag:  # the start token's flag, set by the previous input
+                self._x[:, self.event_dim] = 0.0
+                self._flag = False
+        if self.cell == "lstm":
+            self._lstm()
+        else:
+            self._gru()
+        return self._sample_one(np.dot(self._top_row, self._w_head))
 
     def _next(self, event: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
         if self._fast:
