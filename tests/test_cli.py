@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,159 @@ def test_sample_memory_grows_with_n_not_with_the_chunk(capsys, monkeypatch, tmp_
     code, _, err = _run(capsys, "sample", model_file, data, "-n", 70, "-o", out2)
     assert code == 0 and seen == [2100]  # 5e6 // 70 rows a chunk: the whole file
     assert out1.read_bytes() == out2.read_bytes()
+
+
+# ---------------------------------------------------------------------- output details (issue 14)
+def test_float32_decimals_are_numpys_shortest_float32_text():
+    """Every float32 (random bit patterns: every exponent, subnormals; round decimals) comes
+    back as the float64 whose repr is the decimal NumPy's Dragon4 prints for the float32."""
+    from decimal import Decimal
+
+    from mdnkit.datasets import float32_decimals
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    values = np.concatenate(
+        [
+            bits.view(np.float32),
+            rng.standard_normal(100_000).astype(np.float32),
+            (rng.integers(-(10**6), 10**6, 100_000) / 100).astype(np.float32),
+            np.float32([24.05, 0.1, 1e-45, 3.4e38, -0.0, 16777217.0, np.inf, -np.inf]),
+        ]
+    )
+    values = values[~np.isnan(values)]
+    out = float32_decimals(values)
+    assert out.dtype == np.float64 and (out.astype(np.float32) == values).all()
+    for v, d in zip(values[::7], out[::7]):
+        if np.isfinite(v):
+            assert Decimal(repr(float(d))) == Decimal(str(v)), (v, d)
+    assert repr(float(float32_decimals(np.float32(24.05)))) == "24.05"
+
+
+def test_sample_writes_the_shortest_float32_decimals(capsys, tmp_path, model_file):
+    """Inputs written as the shortest decimal of their float32 (the same text as the source
+    when the source is written that way) and every sample as the shortest decimal that reads
+    back as its float32, not 24.049999237060547."""
+    from decimal import Decimal
+
+    source = ["24.05", "0.1", "-3.7", "0.001", "1234.5", "7.0"]
+    data = tmp_path / "d.csv"
+    data.write_text("noise,x,y\n" + "".join(f"0,{v},1\n" for v in source))
+    out = tmp_path / "s.csv"
+    code, _, err = _run(capsys, "sample", model_file, data, "-n", 3, "-o", out)
+    assert code == 0, err
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert [r[1] for r in rows[::3]] == source
+    for r in rows:
+        y = r[2]
+        assert Decimal(y) == Decimal(str(np.float32(float(y)))), y  # shortest for its float32
+
+
+def test_fit_and_info_number_the_best_epoch_alike(capsys, tmp_path, data_csv):
+    out = tmp_path / "m.mdn"
+    code, stdout, err = _run(
+        capsys, "fit", data_csv, "--x", "x", "--y", "y", "--hidden", "8", "--epochs", 6, "-o", out
+    )
+    assert code == 0, err
+    said = int(re.search(r"at epoch (\d+);", stdout).group(1))
+    from mdnkit.io import load_metadata
+
+    h = load_metadata(out)["history"]
+    val = h["val_nll"]
+    assert said == int(np.argmin(val)) + 1 == h["best_epoch"] + 1  # 1-based where printed
+    code, text, _ = _run(capsys, "info", out)
+    assert code == 0 and re.search(rf"best epoch +{said} \(validation NLL ", text)
+    assert "{" not in text  # no Python dict
+    code, table, _ = _run(capsys, "info", out, "--history")
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    assert lines[start].split() == ["epoch", "train", "NLL", "val", "NLL", "lr"]
+    body = lines[start + 1 : start + 7]
+    assert [int(line.split()[0].rstrip("*")) for line in body] == [1, 2, 3, 4, 5, 6]
+    assert [line.split()[0].endswith("*") for line in body].index(True) == said - 1
+    np.testing.assert_allclose([float(line.split()[2]) for line in body], val, atol=5e-5)
+    assert len({len(line) for line in body}) == 1  # aligned columns
+    code, js, _ = _run(capsys, "info", out, "--json")
+    assert json.loads(js)["metadata"]["history"]["train_nll"] == h["train_nll"]
+
+
+def test_info_history_of_a_file_without_one(capsys, tmp_path):
+    from mdnkit.io import save
+    from mdnkit.models import MDN
+
+    save(MDN(1, 1, hidden=(4,)), tmp_path / "py.mdn")
+    code, text, _ = _run(capsys, "info", tmp_path / "py.mdn")
+    assert code == 0 and "MDN" in text
+    code, _, err = _run(capsys, "info", tmp_path / "py.mdn", "--history")
+    _assert_one_line_error(code, err, "no per-epoch history")
+
+
+def test_progress_bar_says_why_early_stopping_ended_the_run(capsys, tmp_path):
+    """--progress draws the bar even off a terminal; early stopping closes it with a line that
+    says why; --quiet prints nothing at all."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "noise.csv"
+    write_csv(data, ["x", "y"], rng.normal(size=(200, 2)))  # y independent of x
+    argv = ["fit", data, "--x", "x", "--y", "y", "--hidden", "8", "--patience", 2, "--seed", 0]
+    code, stdout, err = _run(capsys, *argv, "--progress", "-o", tmp_path / "a.mdn")
+    assert code == 0, err
+    from mdnkit.io import load_metadata
+
+    h = load_metadata(tmp_path / "a.mdn")["history"]
+    assert h["stopped_early"] and len(h["train_nll"]) == h["best_epoch"] + 3
+    epochs, best = len(h["train_nll"]), h["best_epoch"] + 1
+    assert f"{epochs}/200" in err  # the bar, stopped short of its total ...
+    assert err.rstrip().splitlines()[-1] == (
+        f"fit: stopped early at epoch {epochs}: no improvement in validation NLL for 2 epochs; "
+        f"best epoch {best}"
+    )  # ... and why
+    assert "stopped early: no improvement in validation NLL for 2 epochs" in stdout
+    code, stdout, err = _run(capsys, *argv, "--no-progress", "-o", tmp_path / "b.mdn")
+    assert code == 0 and err == "" and stdout.startswith("trained ")
+    code, stdout, err = _run(capsys, *argv, "--quiet", "-o", tmp_path / "c.mdn")
+    assert code == 0 and stdout == "" and err == "" and (tmp_path / "c.mdn").exists()
+
+
+# ---------------------------------------------------------------------- CSV details (issue 14)
+@pytest.mark.parametrize("command", ["fit", "eval"])
+def test_a_csv_without_header_row_is_refused(capsys, tmp_path, model_file, command):
+    data = tmp_path / "nohead.csv"
+    data.write_text("0.5,1.25,-3\n1,2,3\n")
+    argv = {
+        "fit": ["fit", data, "--x", 0, "--y", 1, "-o", tmp_path / "m.mdn"],
+        "eval": ["eval", model_file, data, "--x", 1, "--y", 2],
+    }[command]
+    code, _, err = _run(capsys, *argv)
+    _assert_one_line_error(
+        code, err, "nohead.csv", "first row (0.5, 1.25, -3) holds only numbers", "header row"
+    )
+    assert not (tmp_path / "m.mdn").exists()
+
+
+@pytest.mark.parametrize("sep", ["\t", ";", "|"])
+@pytest.mark.parametrize("by", ["name", "position"])
+def test_other_separators_get_a_hint(capsys, tmp_path, sep, by):
+    data = tmp_path / "d.csv"
+    data.write_text(sep.join("xy") + "\n" + "\n".join(f"{i}{sep}{2 * i}" for i in range(9)))
+    cols = ["x", "y"] if by == "name" else ["0", "1"]
+    code, _, err = _run(capsys, "fit", data, "--x", cols[0], "--y", cols[1], "-o", tmp_path / "m")
+    _assert_one_line_error(code, err, f"the header looks separated by {sep!r}", "commas")
+
+
+def test_swapped_model_and_data_are_named(capsys, tmp_path, model_file, data_csv):
+    cases = [
+        (["eval", data_csv, model_file], [f"{data_csv}: this looks like a CSV file", "MODEL DATA"]),
+        (["eval", model_file, model_file], ["looks like an mdnkit model file, not a CSV file"]),
+        (["sample", data_csv, model_file, "-o", tmp_path / "s.csv"], ["looks like a CSV file"]),
+        (["plot", data_csv, "-o", tmp_path / "f.png"], ["looks like a CSV file", "MODEL DATA"]),
+        (["info", data_csv], ["this looks like a CSV file, not an mdnkit model file"]),
+        (
+            ["fit", model_file, "--x", "x", "--y", "y", "-o", tmp_path / "m.mdn"],
+            [f"{model_file}: this looks like an mdnkit model file, not a CSV file"],
+        ),
+    ]
+    for argv, fragments in cases:
+        code, _, err = _run(capsys, *argv)
+        _assert_one_line_error(code, err, *fragments)
+        assert "header claims" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

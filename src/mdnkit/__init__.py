@@ -6,7 +6,8 @@ ready models (:class:`MDN`, :class:`MDNRNN`), a training loop (:func:`fit`), a s
 estimator (:class:`MDNRegressor`), model files (:func:`save`, :func:`load`), metrics, plots, a
 Keras 3 front (``from mdnkit import keras as mdn``) and the ``mdnkit`` command.
 
-Everything but the core is imported on first use, so ``import mdnkit`` stays light.
+Every name is imported on first use, so ``import mdnkit`` imports neither torch nor anything
+else heavy (the ``mdnkit`` command answers ``--help`` without it).
 ``from mdnkit import *`` gives the public names below (not the submodules: the Keras front,
 ``mdnkit.keras``, needs the optional ``keras`` package and is imported by name).
 """
@@ -14,17 +15,22 @@ Everything but the core is imported on first use, so ``import mdnkit`` stays lig
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .head import MDNHead
-from .loss import mdn_loss
-from .mixture import GaussianMixture
-from .per_dimension import PerDimensionMixture
+if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use
+    from .head import MDNHead
+    from .loss import mdn_loss
+    from .mixture import GaussianMixture
+    from .per_dimension import PerDimensionMixture
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
+    "GaussianMixture": "mixture",
+    "PerDimensionMixture": "per_dimension",
+    "MDNHead": "head",
+    "mdn_loss": "loss",
     "MDN": "models",
     "fit": "training",
     "History": "training",
@@ -35,6 +41,12 @@ _LAZY = {
     "SketchVAE": "sequence",
 }
 _SUBMODULES = (
+    "mixture",
+    "per_dimension",
+    "head",
+    "loss",
+    "layout",
+    "kernels",
     "metrics",
     "plotting",
     "datasets",

@@ -7,22 +7,26 @@
     mdnkit eval MODEL DATA.csv [--json]
     mdnkit sample MODEL DATA.csv -n N [--temperature T] [--sigma-temperature S] -o OUT.csv
     mdnkit plot MODEL [DATA.csv] -o FIG.png
-    mdnkit info MODEL [--json]
+    mdnkit info MODEL [--history] [--json]
     mdnkit export MODEL -o FILE.onnx
 
-CSV files have a header row; columns are given by name or 0-based position (``--x a,b``,
-``--y 2``).  ``fit`` stores the column names in the model file, so ``eval``, ``sample`` and
-``plot`` find them again by name.  Every problem with the input (a missing file or column, a
+``mdnkit COMMAND --help`` shows every option with its default (the library's, for the network
+and training settings) and examples; ``--help`` and option errors never import torch (the
+commands import what they need when they run).  CSV files have a header row; columns are given
+by name or 0-based position (``--x a,b``, ``--y 2``).  ``fit`` stores the column names and the
+training history in the model file, so ``eval``, ``sample`` and ``plot`` find the columns again
+by name.  Every problem with the input (a missing file or column, a file without a header row, a
 non-numeric cell, NaN or inf, a number beyond float32's range or a column float32 would round
 away, an ambiguous column name, an empty file, ragged rows, a line without end, a file that is
-not a model, an output that is an input, a size that cannot be allocated, a bad option value)
-is reported as ONE line on stderr with exit status 2, and no output file is written; output
-files are written atomically.  See ``docs/cli.md``.
+not a model or a model given as data, an output that is an input, a size that cannot be
+allocated, a bad option value) is reported as ONE line on stderr with exit status 2, and no
+output file is written; output files are written atomically.  See ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -56,13 +60,6 @@ DEMO_FIT: dict[str, Any] = {
 
 class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing the usage and exiting."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise CliError(f"{self.prog}: error: {message}")
 
 
 # ------------------------------------------------------------------------------ option types
@@ -131,74 +128,400 @@ def _columns(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ parser
+#: The options whose default is the library's, spelled once where the library declares it:
+#: command -> {option (dest) -> (module, owner, parameter)}.  The parser leaves them None; the
+#: help shows the value read from the module's source (:func:`_declared_default`: torch is not
+#: imported), and :func:`_library_defaults` sets it before the command runs.
+_LIBRARY_DEFAULTS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "fit": {
+        "hidden": ("models", "MDN", "hidden"),
+        "components": ("models", "MDN", "num_components"),
+        "covariance": ("models", "MDN", "covariance"),
+        "activation": ("models", "MDN", "activation"),
+        "min_scale": ("models", "MDN", "min_scale"),
+        "epochs": ("training", "FitSettings", "epochs"),
+        "lr": ("training", "FitSettings", "lr"),
+        "batch_size": ("training", "FitSettings", "batch_size"),
+        "patience": ("training", "FitSettings", "patience"),
+        "validation_split": ("training", "FitSettings", "validation_split"),
+    },
+    "eval": {"coverage": ("metrics", "ScoreSums", "coverage")},
+    "sample": {
+        "temperature": ("mixture", "GaussianMixture.sample", "temperature"),
+        "sigma_temperature": ("mixture", "GaussianMixture.sample", "sigma_temperature"),
+    },
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (for :data:`_LIBRARY_DEFAULTS`, the library's)
+    and keeps the examples of the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if not text or text == argparse.SUPPRESS or not action.option_strings:
+            return text
+        home = getattr(action, "library_default", None)
+        value = _declared_default(*home) if home else action.default
+        if value is None or isinstance(value, bool) or value == argparse.SUPPRESS:
+            return text
+        shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing the usage and exiting, with defaults in the
+    help (every subcommand's parser is one too: ``serve``'s, made in serve.py, as well)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CliError(f"{self.prog}: error: {message}")
+
+
+def _declared_default(module: str, owner: str, name: str) -> Any:
+    """The default of parameter (or dataclass field) ``name`` of ``owner`` (``"Class"``: its
+    ``__init__`` or its fields; ``"Class.method"``; ``"function"``) in ``mdnkit.<module>``,
+    read from the module's source text without importing it (the help must not import torch):
+    a literal, or a module constant given by name (``DEFAULT_MIN_SCALE``, also one imported with
+    ``from .layout import ...``).  Without the source, or where the source says something
+    else, the module is imported (tests/test_cli_help.py checks that the help imports no torch,
+    and that what it shows is what the library uses)."""
+    tree = _module_tree(module)
+    node = _owner_node(tree, owner) if tree is not None else None
+    default = _default_node(node, name) if node is not None else None
+    try:
+        if default is not None:
+            return _literal(module, default)
+    except (ValueError, TypeError, SyntaxError, LookupError):  # not a literal, nor a constant
+        pass
+    return _imported_default(module, owner, name)
+
+
+def _imported_default(module: str, owner: str, name: str) -> Any:
+    """:func:`_declared_default` by importing the module: the value the library uses."""
+    import importlib
+    import inspect
+
+    obj: Any = importlib.import_module(f".{module}", __package__)
+    for part in owner.split("."):
+        obj = getattr(obj, part)
+    return inspect.signature(obj).parameters[name].default
+
+
+@functools.cache
+def _module_tree(module: str):
+    """The parsed source of ``mdnkit.<module>`` (None without a source file), parsed once."""
+    import ast
+    from importlib.util import find_spec
+
+    spec = find_spec(f"{__package__}.{module}")
+    origin = spec.origin if spec is not None else None
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+        return None
+    return ast.parse(Path(origin).read_text(encoding="utf-8"))
+
+
+def _owner_node(tree, owner: str):
+    """The class or function definition ``owner`` (dotted: a method) in ``tree``."""
+    import ast
+
+    node = tree
+    for part in owner.split("."):
+        node = next(
+            (
+                n
+                for n in node.body
+                if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part
+            ),
+            None,
+        )
+        if node is None:
+            return None
+    if isinstance(node, ast.ClassDef):
+        init = next(
+            (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+            None,
+        )
+        return init if init is not None else node
+    return node
+
+
+def _default_node(node, name: str):
+    """The expression of ``name``'s default in a function or a dataclass's body, or None."""
+    import ast
+
+    if isinstance(node, ast.ClassDef):  # a dataclass: ``name: type = value``
+        for n in node.body:
+            if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == name:
+                return n.value
+        return None
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    pairs = zip(positional[len(positional) - len(args.defaults) :], args.defaults)
+    for arg, value in (*pairs, *zip(args.kwonlyargs, args.kw_defaults)):
+        if arg.arg == name:
+            return value
+    return None
+
+
+def _literal(module: str, node) -> Any:
+    """The value of a literal expression, or of a module constant named by ``node``."""
+    import ast
+
+    if not isinstance(node, ast.Name):
+        return ast.literal_eval(node)
+    tree = _module_tree(module)
+    if tree is None:
+        raise LookupError(f"mdnkit.{module}: no source")
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == node.id for t in n.targets):
+            return ast.literal_eval(n.value)
+        if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == node.id:
+            return ast.literal_eval(n.value)
+        if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module:
+            if any((a.asname or a.name) == node.id and a.name == node.id for a in n.names):
+                return _literal(n.module, node)
+    raise LookupError(f"mdnkit.{module}: no constant {node.id}")
+
+
+def _library_defaults(args: argparse.Namespace) -> None:
+    """Set the options of :data:`_LIBRARY_DEFAULTS` that were not given to the library's
+    defaults (importing the modules that declare them)."""
+    for dest, home in _LIBRARY_DEFAULTS.get(args.command, {}).items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, _imported_default(*home))
+
+
+def _command(sub, name: str, summary: str, description: str, *examples: str):
+    """A subcommand's parser: ``summary`` in ``mdnkit --help``, ``description`` and the
+    ``examples`` in its own help."""
+    import textwrap
+
+    lines = "\n".join(f"  {PROG} {name} {e}".rstrip() for e in examples)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 78),
+        epilog=f"examples:\n{lines}",
+    )
+
+
+def _library_option(parser, command: str, *flags: str, **kwargs: Any) -> argparse.Action:
+    """An option whose default is the library's (:data:`_LIBRARY_DEFAULTS`)."""
+    action = parser.add_argument(*flags, default=None, **kwargs)
+    action.library_default = _LIBRARY_DEFAULTS[command][action.dest]  # type: ignore[attr-defined]
+    return action
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mdnkit`` command (errors raise :class:`CliError`)."""
-    p = _Parser(prog=PROG, description="Mixture density networks on CSV files.")
     from . import __version__
 
+    p = _Parser(
+        prog=PROG,
+        description="Mixture density networks on CSV files: train a model that predicts the\n"
+        "whole distribution of the target for every row, score it, sample from it and\n"
+        f"draw it.  Every command has its own help: {PROG} COMMAND --help.",
+        epilog=f"examples:\n  {PROG} demo\n  {PROG} fit data.csv --x a,b --y y -o model.mdn\n"
+        f"  {PROG} eval model.mdn test.csv\n  {PROG} sample model.mdn test.csv -n 10 -o s.csv",
+    )
     p.add_argument("--version", action="version", version=f"mdnkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    d = sub.add_parser("demo", help="train on the inverted sine and write the pictures")
-    d.add_argument("--out", default="mdnkit-demo", help="folder for the PNG files")
-    d.add_argument("--seed", type=_int, default=0)
-    d.add_argument("--epochs", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--n-test", type=_positive_int, default=20_000, help=argparse.SUPPRESS)
-
-    f = sub.add_parser("fit", help="train an MDN on columns of a CSV file")
-    f.add_argument("data", metavar="DATA.csv")
-    f.add_argument("--x", type=_columns, required=True, help="input columns (names or positions)")
-    f.add_argument("--y", type=_columns, required=True, help="target columns (names or positions)")
-    f.add_argument("--hidden", type=_hidden, default=(64, 64), help="layer sizes (default 64,64)")
-    f.add_argument("--components", type=_positive_int, default=5)
-    f.add_argument("--covariance", choices=get_args(CovarianceType), default="diagonal")
-    f.add_argument("--activation", choices=get_args(Activation), default="tanh")
-    f.add_argument("--epochs", type=_positive_int, default=200)
-    f.add_argument("--lr", type=_positive_float, default=3e-3)
-    f.add_argument("--batch-size", type=_positive_int, default=128)
-    f.add_argument("--patience", type=_positive_int, default=20)
-    f.add_argument("--validation-split", type=_fraction, default=0.1)
-    f.add_argument("--seed", type=_int, default=0)
-    f.add_argument("-o", "--output", required=True, metavar="MODEL")
-    _checkpoint_arguments(f)
-
-    e = sub.add_parser("eval", help="NLL, CRPS, RMSE, calibration and coverage on a CSV file")
-    e.add_argument("model", metavar="MODEL")
-    e.add_argument("data", metavar="DATA.csv")
-    e.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
-    e.add_argument("--y", type=_columns, default=None, help="override the stored target columns")
-    e.add_argument("--coverage", type=_coverage, default=0.9)
-    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    s = sub.add_parser("sample", help="draw N samples of y for every row of a CSV file")
-    s.add_argument("model", metavar="MODEL")
-    s.add_argument("data", metavar="DATA.csv")
-    s.add_argument("-n", "--num-samples", type=_positive_int, default=1)
-    s.add_argument("--temperature", type=_nonneg_float, default=1.0)
-    s.add_argument("--sigma-temperature", type=_nonneg_float, default=1.0)
-    s.add_argument("--seed", type=_int, default=0)
-    s.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
-    s.add_argument("-o", "--output", required=True, metavar="OUT.csv")
-
-    pl = sub.add_parser(
-        "plot",
-        help="draw the model to a PNG (calibration for several inputs, else the density)",
+    _demo_parser(sub)
+    _fit_parser(sub)
+    _eval_parser(sub)
+    _sample_parser(sub)
+    _plot_arguments(
+        _command(
+            sub,
+            "plot",
+            "draw the model to a PNG (calibration for several inputs, else the density)",
+            "Draw MODEL to a picture.  For a model of several inputs given DATA.csv: the "
+            "calibration panel (the predicted intervals against the observed target for every "
+            "row, the PIT histogram and the coverage).  Else the density of the target along "
+            "one input (--x-dim), the other inputs held at --at or at their mean.",
+            "model.mdn test.csv -o calibration.png",
+            "model.mdn test.csv --kind density --x-dim AT --at V=50 -o density.png",
+            "model.mdn -o density.png",
+        )
     )
-    _plot_arguments(pl)
-
-    i = sub.add_parser("info", help="describe a model file")
-    i.add_argument("model", metavar="MODEL")
-    i.add_argument("--json", action="store_true")
-
-    x = sub.add_parser("export", help="export an MDN-RNN's step function to ONNX")
-    x.add_argument("model", metavar="MODEL")
-    x.add_argument("-o", "--output", required=True, metavar="FILE.onnx")
+    _info_parser(sub)
+    x = _command(
+        sub,
+        "export",
+        "export an MDN-RNN's step function to ONNX",
+        "Export an MDN-RNN's one-step function to ONNX (run it with onnxruntime).",
+        "sketch.mdn -o sketch.onnx",
+    )
+    x.add_argument("model", metavar="MODEL", help="a model file of an MDN-RNN")
+    x.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file")
 
     from .serve import add_serve_parser  # the live front: docs/live.md
 
     add_serve_parser(sub)
     return p
+
+
+def _demo_parser(sub) -> None:
+    from .datasets import INVERTED_SINE_ENTROPY  # NumPy only
+
+    d = _command(
+        sub,
+        "demo",
+        "train on the inverted sine and write the pictures",
+        "Train an MDN on the inverted sine, x = 7 sin(0.75 y) + 0.5 y + noise (3000 points; "
+        f"no model can reach an NLL below {INVERTED_SINE_ENTROPY} nats), print its NLL on "
+        "fresh points and write pictures of it (the density, samples, the mixture, "
+        "temperatures, components, training curves, PIT) into --out.",
+        "",
+        "--out pictures --seed 1",
+    )
+    d.add_argument("--out", default="mdnkit-demo", help="folder for the pictures")
+    d.add_argument("--seed", type=_int, default=0, help="random seed of the data and the model")
+    d.add_argument("--epochs", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    d.add_argument("--n-test", type=_positive_int, default=20_000, help=argparse.SUPPRESS)
+    _progress_arguments(d, quiet=False)
+
+
+def _fit_parser(sub) -> None:
+    f = _command(
+        sub,
+        "fit",
+        "train an MDN on columns of a CSV file",
+        "Train an MDN on columns of a CSV file and save it, with the column names, to MODEL.  "
+        "The file must have a header row of column names and be comma-separated.  A "
+        "--validation-split of the rows is held out: training stops after --patience epochs "
+        "without a better validation NLL and keeps the best epoch's weights.",
+        "ccpp.csv --x AT,V,AP,RH --y PE -o ccpp.mdn",
+        "data.csv --x 0,1 --y 2 --components 10 --epochs 500 --patience 50 -o model.mdn",
+        "big.csv --x x --y y --checkpoint run.ckpt --resume -o model.mdn",
+    )
+    f.add_argument("data", metavar="DATA.csv", help="a comma-separated file with a header row")
+    f.add_argument(
+        "--x",
+        type=_columns,
+        required=True,
+        metavar="COLS",
+        help="input columns: names or positions",
+    )
+    f.add_argument(
+        "--y",
+        type=_columns,
+        required=True,
+        metavar="COLS",
+        help="target columns: names or positions",
+    )
+    lib = functools.partial(_library_option, f, "fit")
+    lib("--hidden", type=_hidden, metavar="SIZES", help="hidden layer sizes (none: no layer)")
+    lib("--components", type=_positive_int, metavar="K", help="mixture components")
+    lib("--covariance", choices=get_args(CovarianceType), help="each component's covariance")
+    lib("--activation", choices=get_args(Activation), help="activation of the hidden layers")
+    lib("--min-scale", type=_positive_float, help="floor of the component scales (standardised)")
+    lib("--epochs", type=_positive_int, help="most epochs (early stopping may end sooner)")
+    lib("--lr", type=_positive_float, help="learning rate (Adam)")
+    lib("--batch-size", type=_positive_int, help="rows per optimiser step")
+    lib("--patience", type=_positive_int, help="epochs without a better NLL before stopping")
+    lib(
+        "--validation-split",
+        type=_fraction,
+        help="fraction of the rows held out to watch (0: watch the training NLL)",
+    )
+    f.add_argument("--seed", type=_int, default=0, help="seed of the weights, split and batches")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file")
+    _checkpoint_arguments(f)
+    _progress_arguments(f)
+
+
+def _progress_arguments(parser: argparse.ArgumentParser, quiet: bool = True) -> None:
+    """``--progress/--no-progress`` (and ``--quiet``) of the commands that train."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar with the live NLLs on stderr (default: when stderr is a terminal)",
+    )
+    if quiet:
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", help="no progress bar and no summary line"
+        )
+
+
+def _eval_parser(sub) -> None:
+    e = _command(
+        sub,
+        "eval",
+        "NLL, CRPS, RMSE, calibration and coverage on a CSV file",
+        "Score MODEL on DATA.csv: the NLL (nats per row, every constant included), the CRPS, "
+        "the RMSE of the predicted mean, the calibration error (of the PIT) and the share of "
+        "rows inside the central --coverage interval.  The columns are the ones fit stored.",
+        "model.mdn test.csv",
+        "model.mdn test.csv --coverage 0.95 --json",
+    )
+    e.add_argument("model", metavar="MODEL", help="a model file written by mdnkit fit")
+    e.add_argument("data", metavar="DATA.csv", help="a comma-separated file with a header row")
+    e.add_argument("--x", type=_columns, metavar="COLS", help="override the stored input columns")
+    e.add_argument("--y", type=_columns, metavar="COLS", help="override the stored target columns")
+    _library_option(
+        e, "eval", "--coverage", type=_coverage, help="nominal coverage of the central interval"
+    )
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _sample_parser(sub) -> None:
+    s = _command(
+        sub,
+        "sample",
+        "draw N samples of y for every row of a CSV file",
+        "Draw -n samples of the target for every row of DATA.csv into OUT.csv: a row column "
+        "(the 0-based input row), the inputs, then the targets.  Numbers are written as the "
+        "shortest decimals that read back as the same float32 (the models' precision).",
+        "model.mdn test.csv -n 100 -o samples.csv",
+        "model.mdn test.csv -n 10 --temperature 0.5 --seed 1 -o samples.csv",
+    )
+    s.add_argument("model", metavar="MODEL", help="a model file written by mdnkit fit")
+    s.add_argument("data", metavar="DATA.csv", help="a comma-separated file with a header row")
+    s.add_argument(
+        "-n", "--num-samples", type=_positive_int, default=1, help="samples per input row"
+    )
+    _library_option(
+        s,
+        "sample",
+        "--temperature",
+        type=_nonneg_float,
+        help="divides the mixture logits (0: the most likely component)",
+    )
+    _library_option(
+        s,
+        "sample",
+        "--sigma-temperature",
+        type=_nonneg_float,
+        help="multiplies each component's covariance (0: its mean)",
+    )
+    s.add_argument("--seed", type=_int, default=0, help="random seed of the samples")
+    s.add_argument("--x", type=_columns, metavar="COLS", help="override the stored input columns")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="the samples' file")
+
+
+def _info_parser(sub) -> None:
+    i = _command(
+        sub,
+        "info",
+        "describe a model file",
+        "Describe a model file: its class, settings, columns and training (epochs are "
+        "numbered from 1, as fit numbers them).",
+        "model.mdn",
+        "model.mdn --history",
+        "model.mdn --json",
+    )
+    i.add_argument("model", metavar="MODEL", help="a model file")
+    i.add_argument(
+        "--history", action="store_true", help="also the NLLs and learning rate of every epoch"
+    )
+    i.add_argument("--json", action="store_true", help="print everything as JSON")
 
 
 def _checkpoint_arguments(f: argparse.ArgumentParser) -> None:
@@ -225,8 +548,8 @@ def _checkpoint_arguments(f: argparse.ArgumentParser) -> None:
 
 def _plot_arguments(pl: argparse.ArgumentParser) -> None:
     """``plot``'s arguments (see plotting's notes on models of several inputs)."""
-    pl.add_argument("model", metavar="MODEL")
-    pl.add_argument("data", metavar="DATA.csv", nargs="?", default=None)
+    pl.add_argument("model", metavar="MODEL", help="a model file written by mdnkit fit")
+    pl.add_argument("data", metavar="DATA.csv", nargs="?", help="rows to draw (a slice needs none)")
     pl.add_argument(
         "--kind",
         choices=(
@@ -244,8 +567,8 @@ def _plot_arguments(pl: argparse.ArgumentParser) -> None:
         "DATA.csv, else density; density, samples and components show a slice through the "
         "input --x-dim, the other inputs held (--at)",
     )
-    pl.add_argument("--x", type=_columns, default=None, help="override the stored input columns")
-    pl.add_argument("--y", type=_columns, default=None, help="override the stored target columns")
+    pl.add_argument("--x", type=_columns, metavar="COLS", help="override the stored input columns")
+    pl.add_argument("--y", type=_columns, metavar="COLS", help="override the stored target columns")
     pl.add_argument(
         "--x-dim",
         default="0",
@@ -260,8 +583,10 @@ def _plot_arguments(pl: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE,...",
         help="values the other inputs are held at in a slice (default: their mean over the rows)",
     )
-    pl.add_argument("--seed", type=_int, default=0)
-    pl.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    pl.add_argument("--seed", type=_int, default=0, help="seed of the rows and samples drawn")
+    pl.add_argument(
+        "-o", "--output", required=True, metavar="FIG.png", help="the picture (.png .pdf .svg .jpg)"
+    )
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -296,12 +621,21 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _load_model(path: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
-    """(model, user metadata, verified header), from one read of the file."""
+#: What a command that reads a model file and a CSV file says when the two look swapped.
+_ORDER = " (the order is MODEL DATA)"
+
+
+def _load_model(path: str, command: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """(model, user metadata, verified header), from one read of the file; a CSV (text) file
+    given where the model goes is named as such before the loader reads it."""
     from .io import load_with_header  # never unpickles
 
     if not os.path.exists(path):
         raise CliError(f"{path}: no such model file")
+    kind = _text_kind(path)
+    if kind is not None:
+        order = _ORDER if command in ("eval", "sample", "plot") else ""
+        raise CliError(f"{path}: this looks like {kind}, not an mdnkit model file{order}")
     model, header = load_with_header(path)
     try:
         meta = json.loads(header["user"])
@@ -310,6 +644,52 @@ def _load_model(path: str) -> tuple[Any, dict[str, Any], dict[str, str]]:
     if not isinstance(meta, dict):
         raise CliError(f"{path}: its user metadata is not a JSON object (expected a dict)")
     return model, meta, header
+
+
+def _text_kind(path: str) -> str | None:
+    """``"a CSV file"`` or ``"a text file"`` when ``path`` starts as text (UTF-8 without zero
+    bytes), else None.  A model file never does: its first 8 bytes, the length of its header,
+    hold a zero byte."""
+    import codecs
+
+    from .datasets import OTHER_SEPARATORS
+
+    if not os.path.isfile(path):  # (reading a pipe's start would consume it)
+        return None
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
+    except OSError:
+        return None
+    if len(start) < 8 or b"\0" in start:  # (the loader names a file of under 8 bytes)
+        return None
+    try:  # an incremental decoder: a character cut at the end of the 4096 bytes is no error
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(start)
+    except UnicodeDecodeError:
+        return None
+    first = text.splitlines()[0] if text.strip() else ""
+    return "a CSV file" if any(c in first for c in (",", *OTHER_SEPARATORS)) else "a text file"
+
+
+def _refuse_model_file(path: str, order: str) -> None:
+    """A model file given where a CSV file goes: say so (the CSV reader would read its binary
+    header as column names)."""
+    if not os.path.isfile(path):
+        return  # the CSV reader names the problem
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(8)
+    except OSError:
+        return
+    if b"\0" not in start:
+        return
+    from .io import load_header
+
+    try:
+        load_header(path)
+    except Exception:  # not a model file: the CSV reader says what is wrong with it
+        return
+    raise CliError(f"{path}: this looks like an mdnkit model file, not a CSV file{order}")
 
 
 def _network(model: Any, path: str, command: str):
@@ -336,10 +716,12 @@ def _read_columns(data: str, cols: Sequence[str | int]):
     return np.concatenate(list(table.chunks(idx))).astype(np.float32), table.names(idx)
 
 
-def _table_columns(data: str, *column_lists: Sequence[str | int]):
-    """(the open table, the positions of each list of columns): the header is read once."""
+def _table_columns(data: str, *column_lists: Sequence[str | int], order: str = _ORDER):
+    """(the open table, the positions of each list of columns): the header is read once.
+    ``order`` ends the message for a model file given as ``data``."""
     from .tables import CsvTable
 
+    _refuse_model_file(data, order)
     table = CsvTable(data)
     return table, *(table.resolve(list(cols)) for cols in column_lists)
 
@@ -434,16 +816,18 @@ def _eval_metrics_streamed(net, table, x_idx, y_idx, coverage: float) -> dict[st
     import torch
 
     from .metrics import ScoreSums
+    from .tables import chunk_rows
 
     sums = ScoreSums(coverage)
     nx, threads = len(x_idx), torch.get_num_threads()
+    # chunks of at most _EVAL_ROWS rows: the metrics' temporaries (K x K per row) and the
+    # reader's stay small (8 MB less than chunks of 65 536 rows, in the same time)
+    size = min(chunk_rows(), _EVAL_ROWS)
     torch.set_num_threads(1)
     try:
-        for block in table.chunks([*x_idx, *y_idx]):
+        for block in table.chunks([*x_idx, *y_idx], size=size):
             block = _float32(block)
-            for i in range(0, len(block), _EVAL_ROWS):  # the metrics' temporaries: K x K per row
-                part = block[i : i + _EVAL_ROWS]
-                _eval_add(net, part[:, :nx], part[:, nx:], sums)
+            _eval_add(net, block[:, :nx], block[:, nx:], sums)
     finally:
         torch.set_num_threads(threads)
     return {**sums.result(), "nominal_coverage": coverage}
@@ -458,7 +842,15 @@ def _block_generator(seed: int, block: int):
 
 def _sample_chunk(net, x: np.ndarray, start: int, args) -> np.ndarray:
     """The CSV rows of `sample` for the input rows ``start .. start + len(x)`` (a multiple of
-    the sampling block): (row, inputs, N draws each)."""
+    the sampling block): (row, inputs, N draws each).  A float32 model's inputs and draws are
+    float64 numbers whose repr is the shortest decimal of the float32 value
+    (:func:`~mdnkit.datasets.float32_decimals`): ``24.05``, not ``24.049999237060547``."""
+    import torch
+
+    from .datasets import float32_decimals
+
+    single = net.x_mean.dtype == torch.float32
+    text = float32_decimals if single else functools.partial(np.asarray, dtype=np.float64)
     m = _predict(net, x)
     n, parts = args.num_samples, []
     for i in range(0, len(x), _SAMPLE_BLOCK_ROWS):
@@ -469,9 +861,9 @@ def _sample_chunk(net, x: np.ndarray, start: int, args) -> np.ndarray:
             sigma_temperature=args.sigma_temperature,
             generator=gen,
         )  # (N, rows, D)
-        parts.append(s.transpose(0, 1).double().numpy().reshape(-1, s.shape[-1]))
+        parts.append(text(s.transpose(0, 1).numpy()).reshape(-1, s.shape[-1]))
     rows_idx = np.repeat(np.arange(start, start + len(x)), n)[:, None]
-    xs = np.repeat(x.astype(np.float64), n, axis=0)
+    xs = np.repeat(text(x), n, axis=0)
     return np.concatenate([rows_idx, xs, *([np.concatenate(parts)] if parts else [])], axis=1)
 
 
@@ -489,7 +881,7 @@ def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
         atomic_path(out, suffix=".csv") as tmp,
         open(tmp, "w", newline="", encoding="utf-8") as fh,
     ):
-        writer = csv.writer(fh)  # floats as repr: they read back exactly
+        writer = csv.writer(fh)  # floats as repr: the shortest decimal that reads back
         writer.writerow(header)
         for block in table.chunks(x_idx, size=size):
             if start == 0:
@@ -678,7 +1070,7 @@ def _cmd_demo(args) -> int:
         f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']:g}",
         flush=True,
     )
-    history = fit(model, x, y, seed=args.seed, **settings)
+    history = fit(model, x, y, seed=args.seed, progress=args.progress, **settings)
     test_nll = model.nll(xt, yt)
     print(
         f"test NLL {test_nll:.3f} nats on {args.n_test} fresh points "
@@ -717,7 +1109,9 @@ def _cmd_fit(args) -> int:
         raise CliError("--resume and --checkpoint-every need --checkpoint FILE")
     if args.checkpoint is not None:
         _check_output(args.checkpoint, inputs=(args.data,))
-    table, x_idx, y_idx = _table_columns(args.data, args.x, args.y)
+    table, x_idx, y_idx = _table_columns(
+        args.data, args.x, args.y, order=" (fit reads a CSV file and writes the model to -o)"
+    )
     x_names, y_names = table.names(x_idx), table.names(y_idx)
     both = sorted(set(x_idx) & set(y_idx))  # positions: a repeated name is two columns
     if both:
@@ -730,6 +1124,7 @@ def _cmd_fit(args) -> int:
         "activation": args.activation,
         "num_components": args.components,
         "covariance": args.covariance,
+        "min_scale": args.min_scale,
     }
     _check_model_memory(len(x_names), len(y_names), settings)
     table.check_rounding({})  # every column against its own spread
@@ -750,6 +1145,7 @@ def _cmd_fit(args) -> int:
             checkpoint=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             resume=True if args.resume else None,
+            progress=False if args.quiet and not args.progress else args.progress,
             **rows.options,
         )
     except TrainingInterrupted as stop:
@@ -766,24 +1162,33 @@ def _cmd_fit(args) -> int:
         "y_columns": y_names,
         "data": os.path.basename(args.data),
         "rows": n,
+        # History.as_dict(): best_epoch indexes the per-epoch lists (0-based, as in Python);
+        # what is printed numbers epochs from 1
         "history": {
+            **history.as_dict(),
             "epochs": len(history),
-            "best_epoch": history.best_epoch,
-            "best_nll": history.as_dict()["best_nll"],
-            "monitor": history.monitor,
             "seconds": round(history.seconds, 3),
         },
     }
     save(model, out, metadata=metadata)
+    if not args.quiet:
+        print(f"trained {_describe(model)} on {n} rows {_fit_summary(history)}; saved {out}")
+    return 0
+
+
+def _fit_summary(history) -> str:
+    """``in 5.1 s (76 epochs, stopped early: ...); best validation NLL 0.2650 at epoch 56``:
+    epochs numbered from 1, as on the progress bar."""
+    from .training import Progress
+
     best = history.as_dict()["best_nll"]
     monitor = "validation" if history.monitor == "val_nll" else "training"
-    print(
-        f"trained {_describe(model)} on {n} rows in {history.seconds:.1f} s "
-        f"({len(history)} epochs); best {monitor} NLL "
-        f"{best if best is None else format(best, '.4f')} at epoch {history.best_epoch + 1}; "
-        f"saved {out}"
+    why = Progress.stop_reason(history)
+    return (
+        f"in {history.seconds:.1f} s ({len(history)} epochs"
+        f"{f', stopped early: {why}' if why else ''}); best {monitor} NLL "
+        f"{best if best is None else format(best, '.4f')} at epoch {history.best_epoch + 1}"
     )
-    return 0
 
 
 def _check_model_memory(n_in: int, n_out: int, settings: dict[str, Any]) -> None:
@@ -825,7 +1230,7 @@ def _fit_interrupted(stop, out: Path, metadata: dict[str, Any]) -> int:
 
 
 def _cmd_eval(args) -> int:
-    model, meta, _ = _load_model(args.model)
+    model, meta, _ = _load_model(args.model, "eval")
     net = _network(model, args.model, "eval")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     yc = _stored_columns(meta, "y_columns", args.y, net.out_features, net.in_features)
@@ -861,7 +1266,7 @@ def _cmd_sample(args) -> int:
     from .datasets import spreadsheet_safe
 
     out = _check_output(args.output, inputs=(args.model, args.data))
-    model, meta, _ = _load_model(args.model)
+    model, meta, _ = _load_model(args.model, "sample")
     net = _network(model, args.model, "sample")
     xc = _stored_columns(meta, "x_columns", args.x, net.in_features, 0)
     table, x_idx = _table_columns(args.data, xc)
@@ -888,7 +1293,7 @@ def _cmd_plot(args) -> int:
     out = _check_output(
         args.output, (".png", ".pdf", ".svg", ".jpg", ".jpeg"), inputs=(args.model, args.data)
     )
-    model, meta, _ = _load_model(args.model)
+    model, meta, _ = _load_model(args.model, "plot")
     net = _network(model, args.model, "plot")
     x, y, x_names, y_names = _plot_rows(args, net, meta)
     dims = []
@@ -943,7 +1348,7 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    model, meta, header = _load_model(args.model)
+    model, meta, header = _load_model(args.model, "info")
     n_params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
     if n_params is None and hasattr(getattr(model, "model_", None), "parameters"):
         n_params = sum(p.numel() for p in model.model_.parameters())
@@ -959,23 +1364,98 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info))  # escapes control characters (ensure_ascii)
         return 0
+    history = meta.get("history")
+    table = _history_table(args.model, history) if args.history else []
+    config = info["config"] if isinstance(info["config"], dict) else {"config": info["config"]}
+    rows = [("parameters", n_params)] if n_params is not None else []
+    rows += [*config.items(), *((k, v) for k, v in meta.items() if k != "history")]
+    summary = _history_rows(history)
+    rows += summary if summary is not None else [("history", history)] if history else []
+    width = min(16, max(len(str(k)) for k, _ in rows)) if rows else 0
     print(
         _printable(
             f"{info['file']}: {info['class']} ({info['bytes']} bytes, "
             f"format v{info['format_version']})"
         )
     )
-    if n_params is not None:
-        print(f"  parameters  {n_params}")
-    config = info["config"] if isinstance(info["config"], dict) else {"config": info["config"]}
-    for k, v in (*config.items(), *meta.items()):
-        print(_printable(f"  {k:<11} {v}"))  # text from the file: no terminal escapes
+    for k, v in rows:  # text from the file: no terminal escapes
+        print(_printable(f"  {str(k):<{width}}  {_info_text(v)}"))
+    for line in table:
+        print(line)
     return 0
+
+
+def _info_text(value: Any) -> str:
+    """A value of a model file's settings or metadata as ``info`` prints it."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return ", ".join(map(str, value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _history_rows(h: Any) -> list[tuple[str, str]] | None:
+    """``info``'s summary of the training history a model file stores (``fit``'s, or that of
+    the checkpoint of an interrupted fit): epochs numbered from 1, as ``fit`` prints them; None
+    when ``h`` is not such a history."""
+    from .training import History, Progress
+
+    if not isinstance(h, dict) or h.get("monitor") not in ("val_nll", "train_nll"):
+        return None
+    best, nll = h.get("best_epoch"), h.get("best_nll")
+    if type(best) is not int:
+        return None
+    watched = "validation" if h["monitor"] == "val_nll" else "training"
+    epochs, seconds = h.get("epochs"), h.get("seconds")
+    if type(epochs) is int:
+        text = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    elif type(h.get("epoch")) is int:  # a checkpoint's: completed epochs and optimiser steps
+        text = f"interrupted after {h['epoch']} epochs (step {h.get('step')})"
+    else:
+        return None
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+        text += f" in {seconds:.1f} s"
+    try:
+        why = Progress.stop_reason(History.from_dict(h))
+    except (TypeError, ValueError, KeyError):
+        why = None
+    text += f", stopped early: {why}" if why else ""
+    shown = f"{nll:.4f}" if isinstance(nll, (int, float)) and not isinstance(nll, bool) else "-"
+    return [("history", text), ("best epoch", f"{best + 1} ({watched} NLL {shown})")]
+
+
+def _history_table(path: str, h: Any) -> list[str]:
+    """``info --history``: one aligned line per epoch (numbered from 1; ``*`` the best, whose
+    weights the file holds) with the training NLL, the validation NLL and the learning rate."""
+    train = h.get("train_nll") if isinstance(h, dict) else None
+    if not isinstance(train, list) or not train:
+        raise CliError(
+            f"{path}: the file stores no per-epoch history (mdnkit fit stores one; this file "
+            "was written from Python, by an interrupted fit or by an older mdnkit)"
+        )
+    columns = [("train NLL", train, ".4f")]
+    for key, name, spec in (("val_nll", "val NLL", ".4f"), ("lr", "lr", ".3g")):
+        values = h.get(key)
+        if isinstance(values, list) and len(values) == len(train):
+            columns.append((name, values, spec))
+    best = h.get("best_epoch")
+    width = max(len("epoch"), len(str(len(train))))
+
+    def cell(v: Any, spec: str) -> str:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return format(v, spec) if number else _printable(str(v))
+
+    lines = ["  " + f"{'epoch':>{width}} " + "".join(f"  {n:>10}" for n, _, _ in columns)]
+    for i in range(len(train)):
+        cells = "".join(f"  {cell(values[i], spec):>10}" for _, values, spec in columns)
+        lines.append(f"  {i + 1:>{width}}{'*' if i == best else ' '}{cells}")
+    lines.append("  * the best epoch: the file holds its weights")
+    return lines
 
 
 def _cmd_export(args) -> int:
     out = _check_output(args.output, (".onnx",), inputs=(args.model,))
-    model, _, _ = _load_model(args.model)
+    model, _, _ = _load_model(args.model, "export")
     try:
         from .sequence import MDNRNN, export_onnx
     except ImportError as err:
@@ -1042,9 +1522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdnkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     0 on success; 2 for any problem with the input (one line on stderr, no output file); 1 for an
-    unexpected internal error (one line too, with the exception's type); 130 on Ctrl-C.  Python
-    warnings raised while a command runs are held back: after a success each is printed once,
-    as one ``mdnkit COMMAND: warning: ...`` line; after a failure only the error line is.
+    unexpected internal error (one line too, with the exception's type); 130 on Ctrl-C; 141,
+    silently, when the reader of the output went away (``| head``).  Python warnings raised
+    while a command runs are held back: after a success each is printed once, as one
+    ``mdnkit COMMAND: warning: ...`` line; after a failure only the error line is.
 
     Example:
         >>> main(["info", "model.mdn"])  # doctest: +SKIP
@@ -1061,6 +1542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else 0
     held: list[warnings.WarningMessage] = []
     try:
+        _library_defaults(args)
         code = _run_holding_warnings(args, held)
         seen = set()
         for w in held:
@@ -1072,6 +1554,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`mdnkit info M --history | head`): quietly
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command a pipe ended
     except (CliError, ValueError, TypeError, FileNotFoundError, IsADirectoryError) as err:
         print(f"{PROG} {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,10 @@ __all__ = [
     "write_csv",
     "csv_lines",
     "spreadsheet_safe",
+    "separator_hint",
+    "check_header",
+    "OTHER_SEPARATORS",
+    "float32_decimals",
     "MAX_LINE_CHARS",
     "load_uci",
     "default_data_root",
@@ -173,6 +178,47 @@ def spreadsheet_safe(cell: str) -> str:
         return "'" + text
 
 
+_EXACT_POWER = 22  # 10.0 ** k is exact in float64 for k <= 22
+
+
+def float32_decimals(values: Any) -> np.ndarray:
+    """Float64 copies of float32 ``values`` whose ``repr`` is the shortest decimal that reads
+    back as the same float32 (``24.05``, not ``24.049999237060547``), the decimal NumPy prints
+    for the float32: how the command line writes float32 numbers to CSV.  Infinities, NaN and
+    zeros are kept as they are.
+
+    Vectorised: the nearest decimal of 6 significant digits is tried first (when one of 6
+    digits or fewer reads back, it is that one, as float32's half-spacing is below half a unit
+    in the 6th digit), then 7, 8 and 9, each computed with one rounding (the integer digits and
+    a power of ten up to 1e22 are exact in float64).  Values whose decimal needs a larger power
+    of ten (magnitudes from 1e28 up, or below 1e-14) are converted one by one from NumPy's
+    shortest text.
+
+    Example:
+        >>> float32_decimals(np.float32([24.05, 0.1, 1e-3, 3.14159265])).tolist()
+        [24.05, 0.1, 0.001, 3.1415927]
+    """
+    v = np.asarray(values, dtype=np.float32)
+    out = v.astype(np.float64).ravel()
+    flat = v.ravel()
+    todo = np.flatnonzero(np.isfinite(flat) & (flat != 0))
+    exponent = np.floor(np.log10(np.abs(out[todo]))).astype(np.int64)
+    fast = (exponent >= 8 - _EXACT_POWER) & (exponent <= 5 + _EXACT_POWER)  # every power exact
+    slow, todo, exponent = todo[~fast], todo[fast], exponent[fast]
+    for digits in (6, 7, 8, 9):
+        x, shift = out[todo], digits - 1 - exponent
+        power = 10.0 ** np.abs(shift).astype(np.float64)
+        up = shift >= 0
+        m = np.round(np.where(up, x * power, x / power))
+        decimal = np.where(up, m / power, m * power)
+        ok = decimal.astype(np.float32) == flat[todo]
+        out[todo[ok]] = decimal[ok]
+        todo, exponent = todo[~ok], exponent[~ok]
+    for i in (*slow, *todo):  # extreme magnitudes: NumPy's shortest text, read back
+        out[i] = float(str(flat[i]))
+    return out.reshape(v.shape)
+
+
 def _open_rows(path: str | os.PathLike) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
     """Read a CSV file: (display name, header, data rows as (line number, cells)), blank lines
     skipped.  Errors name the file."""
@@ -216,12 +262,15 @@ def resolve_columns(
     Each column is a name from the header or a 0-based position (an int, or a string of digits
     that is not itself a column name).  A string with commas is split: ``"a,b"`` = ``["a", "b"]``.
     ``None`` means every column.  A name that the header holds more than once is ambiguous and
-    refused (choose such columns by position).
+    refused (choose such columns by position).  A header of numbers only (a file without a
+    header row) is refused (:func:`check_header`); a column that is not found gets
+    :func:`separator_hint` when the file is not comma-separated.
 
     Example:
         >>> resolve_columns(["x", "y", "z"], "z,0")
         [2, 0]
     """
+    check_header(header, where)
     if columns is None:
         return list(range(len(header)))
     if isinstance(columns, str):
@@ -252,21 +301,67 @@ def resolve_columns(
                 raise ValueError(
                     f"{where}: column position {i} out of range, the file has {len(header)} "
                     f"columns (0..{len(header) - 1}): {', '.join(header)}"
+                    f"{separator_hint(header)}"
                 )
             out.append(i)
         else:
-            hint = ""
-            if len(header) == 1:
-                sep = next((c for c in (";", "\t", "|") if c in header[0]), None)
-                if sep is not None:
-                    hint = (
-                        f" (the header looks separated by {sep!r}; expected commas: save the "
-                        "file as comma-separated CSV)"
-                    )
             raise ValueError(
-                f"{where}: no column {col!r}; the columns are: {', '.join(header)}{hint}"
+                f"{where}: no column {col!r}; the columns are: {', '.join(header)}"
+                f"{separator_hint(header)}"
             )
     return out
+
+
+#: Separators that spreadsheet programs write instead of commas (a header read as one column
+#: that holds one of them gets :func:`separator_hint`).
+OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def separator_hint(header: Sequence[str]) -> str:
+    """A hint for a column that was not found: when the header was read as one column that
+    holds ``;``, a tab or ``|`` (:data:`OTHER_SEPARATORS`), the file is not comma-separated;
+    else ``""``.
+
+    Example:
+        >>> separator_hint(["a;b"])
+        " (the header looks separated by ';'; expected commas: save the file as comma-separated CSV)"
+        >>> separator_hint(["a", "b"])
+        ''
+    """
+    if len(header) != 1:
+        return ""
+    sep = next((c for c in OTHER_SEPARATORS if c in header[0]), None)
+    if sep is None:
+        return ""
+    return (
+        f" (the header looks separated by {sep!r}; expected commas: save the file as "
+        "comma-separated CSV)"
+    )
+
+
+def check_header(header: Sequence[str], where: str = "CSV file") -> None:
+    """Refuse a first row that holds only numbers: a file without a header row, whose first
+    data row would otherwise silently become the column names.
+
+    Example:
+        >>> check_header(["x", "y"])
+        >>> check_header(["0.5", "1e3"], "t.csv")
+        Traceback (most recent call last):
+        ...
+        ValueError: t.csv: the first row (0.5, 1e3) holds only numbers, expected a header row of column names: add one as the first line, such as x0,x1
+    """
+    for cell in header:
+        try:
+            float(cell)
+        except ValueError:
+            return
+    shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
+    example = ",".join(f"x{i}" for i in range(min(len(header), 3)))
+    example += ",..." if len(header) > 3 else ""
+    raise ValueError(
+        f"{where}: the first row ({shown}) holds only numbers, expected a header row of column "
+        f"names: add one as the first line, such as {example}"
+    )
 
 
 def read_csv(
@@ -279,9 +374,10 @@ def read_csv(
     Columns are names or 0-based positions (see :func:`resolve_columns`).  Every cell of the
     file must be present (no ragged rows) and every selected cell must be a finite number.
     Any problem raises a ``ValueError`` naming the file, the row (1-based line number, the header
-    is line 1) and the column: a missing file, an empty file, a missing column, an ambiguous
-    column name, a ragged row, a non-numeric cell, NaN or inf, a number beyond the range of
-    ``dtype`` (``1e39`` in float32), a line longer than :data:`MAX_LINE_CHARS`.
+    is line 1) and the column: a missing file, an empty file, a first row of numbers only (no
+    header), a missing column, an ambiguous column name, a ragged row, a non-numeric cell, NaN
+    or inf, a number beyond the range of ``dtype`` (``1e39`` in float32), a line longer than
+    :data:`MAX_LINE_CHARS`.
 
     Example:
         >>> write_csv("t.csv", ["x", "y"], [[1, 2], [3, 4]])

@@ -45,11 +45,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
-from .sequence import MDNRNN
+if TYPE_CHECKING:
+    from .sequence import MDNRNN
 
 __all__ = ["LiveMode", "LiveSettings", "Drops", "LiveStream", "LiveEngine", "DROP_KINDS", "LOG"]
 
@@ -213,6 +214,8 @@ class LiveEngine:
     """
 
     def __init__(self, model: MDNRNN, settings: LiveSettings | None = None, drops=None) -> None:
+        from .sequence import MDNRNN  # torch: imported when an engine is made
+
         if not isinstance(model, MDNRNN):
             raise TypeError(f"the live engine needs an MDNRNN, found {type(model).__name__}")
         self.model = model.eval()

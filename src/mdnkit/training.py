@@ -425,8 +425,14 @@ def _clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
     if not grads:
         return torch.zeros(())
     if len(grads) == 1:  # the fast path's one flat gradient
-        norm = torch.linalg.vector_norm(grads[0])
-        grads[0].mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
+        g = grads[0]
+        norm = torch.linalg.vector_norm(g)
+        if g.device.type == "cpu":  # a CPU scalar costs no synchronisation: two ops, not four
+            total = float(norm) + 1e-6
+            if total > max_norm:  # (a NaN norm is not: the epoch rolls back anyway)
+                g.mul_(max_norm / total)
+            return norm
+        g.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
         return norm
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
@@ -1197,7 +1203,8 @@ class Checkpointer:
 
 class Progress:
     """The tqdm bar with the live NLLs (``show`` None: when stderr is a terminal), starting at
-    ``initial`` epochs."""
+    ``initial`` epochs.  When early stopping ends the run, closing the bar writes a line under
+    it that says why (the bar stops short of its total)."""
 
     def __init__(self, show: bool | None, epochs: int, initial: int = 0) -> None:
         if show is None:
@@ -1219,9 +1226,39 @@ class Progress:
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def close(self, history: History | None = None) -> None:
+        """Close the bar; after early stopping (``history.stopped_early``), write
+        ``fit: stopped early at epoch 56: no improvement in validation NLL for 20 epochs; best
+        epoch 36`` under it (epochs numbered from 1, as on the bar)."""
+        if self.bar is None:
+            return
+        self.bar.close()
+        reason = self.stop_reason(history) if history is not None else None
+        if reason is not None:
+            assert history is not None
+            print(
+                f"fit: stopped early at epoch {len(history)}: {reason}; "
+                f"best epoch {history.best_epoch + 1}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @staticmethod
+    def stop_reason(history: History) -> str | None:
+        """Why early stopping ended a run (``no improvement in validation NLL for 20
+        epochs``), or None when it did not.
+
+        Example:
+            >>> h = History(train_nll=[3.0, 2.0, 2.5, 2.4], best_epoch=1, stopped_early=True,
+            ...             monitor="train_nll")
+            >>> Progress.stop_reason(h)
+            'no improvement in training NLL for 2 epochs'
+        """
+        if not history.stopped_early:
+            return None
+        watched = "validation" if history.monitor == "val_nll" else "training"
+        since = len(history) - 1 - history.best_epoch
+        return f"no improvement in {watched} NLL for {since} epoch{'' if since == 1 else 's'}"
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -1383,7 +1420,7 @@ class TrainingRun:
                 self.data.train = self.step.prepare(self.data.train)
                 self._epochs()
         finally:
-            self.progress.close()
+            self.progress.close(self.monitor.history)
             model.train(was_training)
             self.monitor.history.seconds = self.seconds_before + time.perf_counter() - start
         return self.monitor.history
