@@ -614,22 +614,39 @@ def _count(text: str) -> int:
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to the ``mdnkit`` command's subparsers."""
-    s = sub.add_parser("serve", help="play an MDN-RNN live over OSC and/or a local web page")
-    s.add_argument("model", metavar="MODEL")
+    s = sub.add_parser(
+        "serve",
+        help="play an MDN-RNN live over OSC and/or a local web page",
+        description="Play a trained MDN-RNN live: players send events over OSC (UDP) or draw on "
+        "a local web page, and the model answers event by event (docs/live.md has the OSC "
+        "address space). Binds 127.0.0.1 unless a host is given; Ctrl-C stops it.",
+        epilog="examples:\n  mdnkit serve touch.mdn --osc 5000\n"
+        "  mdnkit serve kanji.mdn --web 8000 --mode generate --temperature 0.5\n"
+        "  mdnkit serve touch.mdn --osc 0.0.0.0:5000 --reply 192.168.1.20:5001 --mode call",
+    )
+    s.add_argument("model", metavar="MODEL", help="a model file of an MDN-RNN")
     s.add_argument("--osc", type=_endpoint, metavar="[HOST:]PORT", help="OSC over UDP")
     s.add_argument("--web", type=_endpoint, metavar="[HOST:]PORT", help="the web drawing pad")
     s.add_argument("--reply", type=_endpoint, metavar="HOST:PORT", help="send OSC replies here")
-    s.add_argument("--mode", choices=("echo", "call", "generate"), default="echo")
+    s.add_argument("--mode", choices=("echo", "call", "generate"), default="echo",
+                   help="echo: predict the next event after each one; call: answer a phrase "
+                   "after --silence; generate: play on by itself")  # fmt: skip
     s.add_argument("--silence", type=_number, default=1.0, help="seconds before call answers")
     s.add_argument("--interval", type=_number, default=0.1, help="seconds between events")
-    s.add_argument("--dt-column", default="auto", metavar="auto|none|N")
+    s.add_argument("--dt-column", default="auto", metavar="auto|none|N",
+                   help="the event column that holds the time step (auto: from the model file)")  # fmt: skip
     s.add_argument("--timescale", type=_number, default=1.0, help="multiplies the dt column")
-    s.add_argument("--max-dt", type=_number, default=2.0)
-    s.add_argument("--response-length", type=_count, default=64)
-    s.add_argument("--max-streams", type=_count, default=16)
-    s.add_argument("--temperature", type=_number, default=1.0)
-    s.add_argument("--sigma-temperature", type=_number, default=1.0)
-    s.add_argument("--pen-temperature", type=_number, default=1.0)
+    s.add_argument(
+        "--max-dt", type=_number, default=2.0, help="longest wait between played events, seconds"
+    )
+    s.add_argument("--response-length", type=_count, default=64, help="events in one call answer")
+    s.add_argument("--max-streams", type=_count, default=16, help="independent players at once")
+    s.add_argument("--temperature", type=_number, default=1.0, help="divides the mixture logits")
+    s.add_argument("--sigma-temperature", type=_number, default=1.0,
+                   help="multiplies the component variances")  # fmt: skip
+    s.add_argument(
+        "--pen-temperature", type=_number, default=1.0, help="divides the pen-state logits"
+    )
     s.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
     return s
 
