@@ -2,14 +2,20 @@
 
 Generates a table of ``--rows`` rows and 5 columns (``x0..x3`` inputs, ``y`` target; fixed seed,
 in a temporary folder: 2 000 000 rows are about 92 MB), fits a small model on its first rows,
-then runs each command in its own subprocess and reports the seconds and the peak resident set
-size of that process (``os.wait4``'s ``ru_maxrss``)::
+then runs each command in its own subprocess and reports the seconds, the CPU seconds (user +
+system, all its threads: less sensitive than the wall time to other processes' load) and the
+peak resident set size of that process (``os.wait4``'s ``ru_maxrss``)::
 
     python benchmarks/bench_cli_io.py                                  # this checkout's src/
     python benchmarks/bench_cli_io.py --src /tmp/cli_before/src       # another version
     python benchmarks/bench_cli_io.py --rows 500000 --commands fit    # fit at another size
+    python benchmarks/bench_cli_io.py --commands eval --against /tmp/cli_before/src --rounds 3
 
-``--json`` prints one JSON object instead of the table.
+``--against SRC`` (repeatable) runs each command from the other source trees too, in
+interleaved rounds (this tree, then each other one, ``--rounds`` times, on the same files), and
+reports the median of each, and the ratios of each other tree's medians to this tree's.
+The load average (``os.getloadavg``) is printed before and after.  ``--json`` prints one JSON
+object instead of the table.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def run(src: Path, argv: list[str], env_extra: dict[str, str] | None = None) -> 
         err.seek(0)
         return {
             "seconds": seconds,
+            "cpu_s": usage.ru_utime + usage.ru_stime,  # all its threads; waiting is not counted
             "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
             "status": proc.returncode,
             "stdout": out.read(),
@@ -64,14 +71,53 @@ def run(src: Path, argv: list[str], env_extra: dict[str, str] | None = None) -> 
         }
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def _measure(srcs: list[Path], argvs: dict, commands: list[str], rounds: int) -> dict:
+    """{src: {command: {"seconds", "cpu_s", "peak_rss_mb": medians, "rounds": [[seconds, cpu_s,
+    peak_rss_mb], ...]}}}, the trees taking turns within each round."""
+    runs: dict[str, dict[str, list[dict]]] = {str(s): {c: [] for c in commands} for s in srcs}
+    for _ in range(rounds):
+        for name in commands:
+            for src in srcs:
+                r = run(src, argvs[name])
+                if r["status"] != 0:
+                    raise SystemExit(
+                        f"{name} from {src} failed ({r['status']}): {r['stderr'][-2000:]}"
+                    )
+                runs[str(src)][name].append(r)
+    out: dict[str, dict] = {}
+    for src, by_command in runs.items():
+        out[src] = {}
+        for name, rs in by_command.items():
+            out[src][name] = {
+                "seconds": _median([r["seconds"] for r in rs]),
+                "cpu_s": _median([r["cpu_s"] for r in rs]),
+                "peak_rss_mb": _median([r["peak_rss_mb"] for r in rs]),
+                "rounds": [
+                    [round(r[k], 2) for k in ("seconds", "cpu_s", "peak_rss_mb")] for r in rs
+                ],
+            }
+            if name == "fit":
+                out[src][name]["output"] = rs[-1]["stdout"].strip()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--src", type=Path, default=HERE.parent / "src", help="the mdnkit source tree")
+    p.add_argument(
+        "--against", type=Path, action="append", default=[], help="another source tree to compare"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median reported)")
     p.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated subset")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     commands = [c for c in args.commands.split(",") if c]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_cli_io_") as tmp:
         folder = Path(tmp)
         data, small, model = folder / "big.csv", folder / "small.csv", folder / "model.mdn"
@@ -90,30 +136,41 @@ def main() -> None:
             "sample": ["sample", str(model), str(data), "-n", "1", "-o", str(folder / "s.csv")],
             "plot": ["plot", str(model), str(data), "-o", str(folder / "density.png")],
         }
-        results = {}
-        for name in commands:
-            r = run(args.src, argvs[name])
-            if r["status"] != 0:
-                raise SystemExit(f"{name} failed ({r['status']}): {r['stderr'][-2000:]}")
-            results[name] = {k: r[k] for k in ("seconds", "peak_rss_mb")}
-            if name == "fit":
-                results[name]["output"] = r["stdout"].strip()
+        srcs = [args.src, *args.against]
+        measured = _measure(srcs, argvs, commands, max(1, args.rounds))
         report = {
             "rows": args.rows,
             "csv_mb": round(data.stat().st_size / 1e6, 1),
             "src": str(args.src),
             "generate_s": round(gen_s, 1),
-            "results": results,
+            "rounds": max(1, args.rounds),
+            "load_average": [list(load_before), list(os.getloadavg())],
+            "results": measured[str(args.src)],
+            "against": {str(s): measured[str(s)] for s in args.against},
         }
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{report['rows']} rows, {report['csv_mb']} MB CSV, mdnkit from {report['src']}")
-    print(f"{'command':<8} {'seconds':>8} {'peak RSS MB':>12}")
-    for name, r in results.items():
-        print(f"{name:<8} {r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f}")
-    if "fit" in results:
-        print(f"fit: {results['fit']['output']}")
+    print(
+        f"{report['rows']} rows, {report['csv_mb']} MB CSV; median of {report['rounds']} round(s)"
+    )
+    print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
+    print(f"{'command':<8} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}  source")
+    for src, results in ((args.src, report["results"]), *report["against"].items()):
+        for name, r in results.items():
+            ratio = ""
+            if str(src) != str(args.src):
+                mine = report["results"][name]
+                ratio = (
+                    f"  ({r['seconds'] / mine['seconds']:.2f}x this tree's seconds, "
+                    f"{r['cpu_s'] / mine['cpu_s']:.2f}x its CPU seconds)"
+                )
+            print(
+                f"{name:<8} {r['seconds']:>8.1f} {r['cpu_s']:>8.1f} {r['peak_rss_mb']:>12.0f}  "
+                f"{src}{ratio}"
+            )
+    if "fit" in report["results"]:
+        print(f"fit: {report['results']['fit']['output']}")
 
 
 if __name__ == "__main__":

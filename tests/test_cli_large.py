@@ -369,3 +369,29 @@ def test_eval_of_a_table_larger_than_one_chunk_equals_in_memory_metrics(capsys, 
         assert res[key] == pytest.approx(ref[key], rel=1e-9, abs=0), key
     assert round(res["coverage"] * 2 * rows) == inside
     assert res["calibration_error"] == calibration
+
+
+def test_pyarrow_reads_rows_longer_than_its_usual_block(monkeypatch, tmp_path):
+    """pyarrow refuses a row longer than its block; the block grows with the header, so a wide
+    file (rows of 80 kB here) is still read by pyarrow, not by the slow standard reader."""
+    pytest.importorskip("pyarrow.csv")
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(5, 4000)) * 1e-7  # about 20 characters a cell
+    path = tmp_path / "wide.csv"
+    np.savetxt(
+        path,
+        values,
+        fmt="%.17g",
+        delimiter=",",
+        header=",".join(f"c{i}" for i in range(4000)),
+        comments="",
+    )
+    assert len(path.read_text().splitlines()[1]) > 80_000
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the standard reader was used")
+
+    table = CsvTable(path)
+    monkeypatch.setattr(CsvTable, "_python_chunks", refuse)
+    got = np.concatenate(list(table.chunks(table.resolve(["c3999", "c0"]), size=2)))
+    np.testing.assert_array_equal(got, values[:, [3999, 0]])

@@ -12,6 +12,7 @@ from scipy import integrate, optimize, stats
 from conftest import random_mixture_params
 from mdnkit import GaussianMixture
 from mdnkit.metrics import (
+    ScoreSums,
     calibration_error,
     crps,
     energy_score,
@@ -72,6 +73,73 @@ def test_crps_per_dimension_uses_marginals():
     both = crps(m, y, reduction="none")
     for d in range(2):
         assert float(both[d]) == pytest.approx(float(crps(m.marginal(d), y[d : d + 1])), rel=1e-6)
+
+
+def test_crps_broadcasts_and_matches_numerical_integration_for_many_components():
+    # K = 6 (15 pairs k < l, the diagonal in closed form), y (3, 1, 1) against a batch of (4,):
+    # every one of the 3 x 4 scores against the integral of (F(t) - 1{t >= y})^2
+    m = GaussianMixture(*random_mixture_params((4,), 6, 1, "diagonal", seed=7, loc_scale=3.0))
+    y = torch.tensor([-2.5, 0.2, 3.0], dtype=torch.float64).reshape(3, 1, 1)
+    got = crps(m, y, reduction="none")
+    assert got.shape == (3, 4, 1)
+    for i in range(3):
+        for b in range(4):
+            w, mu, sd = m.weights[b].numpy(), m.loc[b, :, 0].numpy(), m.scale[b, :, 0].numpy()
+            cdf, yi = _scipy_cdf(w, mu, sd), float(y[i, 0, 0])
+            lo, hi = min(mu - 12 * sd), max(mu + 12 * sd)
+            left = integrate.quad(lambda t, c=cdf: c(t) ** 2, min(lo, yi - 1), yi, limit=200)[0]
+            right = integrate.quad(
+                lambda t, c=cdf: (1 - c(t)) ** 2, yi, max(hi, yi + 1), limit=200
+            )[0]
+            assert float(got[i, b, 0]) == pytest.approx(left + right, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("cov", ["diagonal", "full"])
+def test_score_sums_in_parts_equal_the_functions_on_all_the_data(cov):
+    n = 1000
+    logits, loc, scale = random_mixture_params((n,), 4, 2, cov, seed=11, loc_scale=1.0)
+    m = GaussianMixture(logits, loc, **{"scale_tril" if cov == "full" else "scale": scale})
+    y = m.sample(generator=3) * 1.3  # a little under-dispersed model: PIT off uniform
+    sums = ScoreSums(coverage=0.8, bins=7)
+    for a, b in ((0, 137), (137, 138), (138, 600), (600, n)):  # uneven parts, one of one row
+        sums.add(m[a:b], y[a:b])
+    got = sums.result()
+    u = pit(m, y)
+    assert got["rows"] == n
+    assert got["nll"] == pytest.approx(float(nll(m, y)), rel=1e-12)
+    assert got["crps"] == pytest.approx(float(crps(m, y)), rel=1e-12)
+    assert got["rmse"] == pytest.approx(float(rmse(m, y)), rel=1e-12)
+    assert got["calibration_error"] == calibration_error(u, bins=7)  # from counts: exactly
+    assert got["coverage"] == float(interval_coverage(m, y, 0.8))
+    assert 0.6 < got["coverage"] < 0.8 and got["calibration_error"] > 0.01  # not trivial
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_crps_and_score_sums_on_cuda_equal_cpu():
+    m = GaussianMixture(*random_mixture_params((300,), 5, 2, "diagonal", seed=2))
+    y = m.sample(generator=0)
+    gpu = GaussianMixture(m.logits.cuda(), m.loc.cuda(), m.scale.cuda())
+    got = crps(gpu, y.cuda(), reduction="none")
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), crps(m, y, reduction="none"), rtol=1e-12, atol=1e-12)
+    on_cpu, on_gpu = ScoreSums(), ScoreSums()
+    on_cpu.add(m, y)
+    on_gpu.add(gpu, y.cuda())
+    a, b = on_cpu.result(), on_gpu.result()
+    assert a["rows"] == b["rows"] == 300
+    for key in ("nll", "crps", "rmse"):  # float32 arithmetic may round differently on the GPU
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    for key in ("coverage", "calibration_error"):  # a PIT value at a level may move one count
+        assert b[key] == pytest.approx(a[key], abs=1.5 / 600), key
+
+
+def test_score_sums_checks_its_settings_and_is_nan_when_empty():
+    with pytest.raises(ValueError, match="coverage"):
+        ScoreSums(coverage=1.0)
+    with pytest.raises(ValueError, match="bins"):
+        ScoreSums(bins=1)
+    empty = ScoreSums().result()
+    assert empty["rows"] == 0 and math.isnan(empty["nll"]) and math.isnan(empty["coverage"])
 
 
 def test_energy_score_equals_crps_in_1d():

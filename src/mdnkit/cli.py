@@ -26,6 +26,7 @@ output file is written; output files are written atomically.  See ``docs/cli.md`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -784,7 +785,8 @@ def _describe(net) -> str:
 _SAMPLE_BLOCK_ROWS = 1024
 #: Output rows of `sample` turned into Python lists for the CSV writer at once.
 _WRITE_ROWS = 8192
-#: Rows `eval` computes the metrics of at once (the CRPS holds K x K values per row).
+#: Rows `eval` computes the metrics of at once (the CRPS holds K (K - 1) / 2 pairs per row);
+#: also the blocks of the streamed fit's validation pass.
 _EVAL_ROWS = 8192
 #: Rows `plot` reads at most: a uniform random subset (seeded by --seed) of larger files.
 _PLOT_ROWS = 20_000
@@ -810,26 +812,22 @@ def _eval_add(net, x: np.ndarray, y: np.ndarray, sums) -> None:
 
 
 def _eval_metrics_streamed(net, table, x_idx, y_idx, coverage: float) -> dict[str, float]:
-    """eval's metrics over the file, one chunk at a time (sums and counts: metrics.ScoreSums),
-    on one intra-op CPU thread: on pieces of _EVAL_ROWS rows, more threads cost more in start-up
-    and synchronisation than they save (several times slower on a busy 2-core machine)."""
-    import torch
+    """eval's metrics over the file, chunk by chunk (sums and counts: metrics.ScoreSums).
+
+    Chunks of at most _EVAL_ROWS rows: the metrics' temporaries (K (K - 1) / 2 pairs a row) and
+    the reader's stay small (8 MB less than chunks of 65 536 rows, in the same time).  One
+    intra-op thread: torch's threads, synchronised at every operation of a small chunk, made
+    eval 10 to 20 times slower when other processes kept the CPUs busy (and only 1.2 times
+    faster on an idle 2-core machine)."""
 
     from .metrics import ScoreSums
     from .tables import chunk_rows
 
-    sums = ScoreSums(coverage)
-    nx, threads = len(x_idx), torch.get_num_threads()
-    # chunks of at most _EVAL_ROWS rows: the metrics' temporaries (K x K per row) and the
-    # reader's stay small (8 MB less than chunks of 65 536 rows, in the same time)
-    size = min(chunk_rows(), _EVAL_ROWS)
-    torch.set_num_threads(1)
-    try:
-        for block in table.chunks([*x_idx, *y_idx], size=size):
+    sums, nx = ScoreSums(coverage), len(x_idx)
+    with _one_thread():
+        for block in table.chunks([*x_idx, *y_idx], size=min(chunk_rows(), _EVAL_ROWS)):
             block = _float32(block)
             _eval_add(net, block[:, :nx], block[:, nx:], sums)
-    finally:
-        torch.set_num_threads(threads)
     return {**sums.result(), "nominal_coverage": coverage}
 
 
@@ -867,6 +865,21 @@ def _sample_chunk(net, x: np.ndarray, start: int, args) -> np.ndarray:
     return np.concatenate([rows_idx, xs, *([np.concatenate(parts)] if parts else [])], axis=1)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """One intra-op torch thread while entered (restored after): eval and sample work in chunks
+    of a few thousand rows, where a second thread gains little on an idle machine and made them
+    10 to 20 times slower when other processes kept the CPUs busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
     """Sample chunk by chunk into a temporary file beside ``out``, renamed over it at the end."""
     import csv
@@ -878,6 +891,7 @@ def _write_samples(net, table, x_idx, header, out: Path, args) -> int:
     size = -(-max(1, chunk_rows() // n) // _SAMPLE_BLOCK_ROWS) * _SAMPLE_BLOCK_ROWS
     written = start = 0
     with (
+        _one_thread(),
         atomic_path(out, suffix=".csv") as tmp,
         open(tmp, "w", newline="", encoding="utf-8") as fh,
     ):
@@ -1018,7 +1032,7 @@ def _streamed_rows(chunks, nx: int, args, model, folder: Path) -> _TrainingRows:
     buffer = chunk_rows()
     options: dict[str, Any] = {"prepare": False}
     if val.rows:
-        options["validation_data"] = _row_batches(val, nx, None, buffer, args.seed)
+        options["validation_data"] = _row_batches(val, nx, None, min(buffer, _EVAL_ROWS), args.seed)
     loader = _row_batches(train, nx, args.batch_size, buffer, args.seed)
     return _TrainingRows((loader,), options, train.rows + val.rows, (train, val))
 

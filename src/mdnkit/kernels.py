@@ -55,12 +55,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "broadcast_shapes",
     "LOG_2PI",
     "UNROLL_MAX_D",
     "EXP_FLOOR",
@@ -88,6 +90,23 @@ UNROLL_MAX_D = 8
 #: float64 sum, and it keeps every product downstream clear of subnormal floats (below ~1e-38
 #: in float32), whose arithmetic is ten times slower on the CPU
 EXP_FLOOR = -60.0
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
+    """The shape the given shapes broadcast to, as ``torch.broadcast_shapes`` gives it (and the
+    same ``RuntimeError`` when they do not), without its first call's import of sympy (about
+    30 MB and a second of start-up, which every short command would pay)."""
+    n = max((len(s) for s in shapes), default=0)
+    out = [1] * n
+    for shape in shapes:
+        for i, d in enumerate(shape, n - len(shape)):
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise RuntimeError(
+                        f"shape mismatch: the shapes {[tuple(s) for s in shapes]} do not broadcast"
+                    )
+                out[i] = d
+    return torch.Size(out)
 
 
 def sum_last(t: Tensor) -> Tensor:
@@ -266,9 +285,7 @@ def _diagonal_core(
     logits: Tensor, loc: Tensor, scale: Tensor, y: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], torch.Size]:
     """Row-major inputs -> component-major ``(lse, z, inv, pieces, batch)`` (differentiable)."""
-    batch = torch.broadcast_shapes(
-        logits.shape[:-1], loc.shape[:-2], scale.shape[:-2], y.shape[:-2]
-    )
+    batch = broadcast_shapes(logits.shape[:-1], loc.shape[:-2], scale.shape[:-2], y.shape[:-2])
     lt = to_component_major(logits.unsqueeze(-1), batch)[:, 0]  # (K, B)
     inv = to_component_major(scale, batch).reciprocal()  # (K, C, B)
     z = (to_component_major(y, batch) - to_component_major(loc, batch)).mul_(inv)  # (K, D, B)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from . import checks
+from .kernels import broadcast_shapes
 from .mixture import GaussianMixture
 from .options import Reduction
 from .per_dimension import PerDimensionMixture
@@ -55,7 +56,7 @@ def mdn_loss(
     w = torch.as_tensor(weight, device=y.device)
     w = w.to(torch.promote_types(mixture.loc.dtype, torch.float32))
     _check_weight(w)
-    batch = torch.broadcast_shapes(y.shape[:-1], mixture.batch_shape)
+    batch = broadcast_shapes(y.shape[:-1], mixture.batch_shape)
     try:
         w = w.expand(batch)
     except RuntimeError:

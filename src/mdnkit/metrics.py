@@ -6,15 +6,16 @@ mean over every element with ``reduction="mean"`` (a 0-d tensor; ``float()`` it)
 per element with ``reduction="none"``.  All are "lower is better" except :func:`interval_coverage`,
 which should match its nominal coverage.
 
-=====================  ===================================================================
-:func:`nll`            :math:`-\log p(y)`, nats (the training loss)
-:func:`crps`           continuous ranked probability score, closed form, per output dim
-:func:`energy_score`   multivariate CRPS, Monte Carlo
-:func:`rmse`           root mean squared error of the predictive mean
-:func:`pit`            probability integral transform :math:`F_d(y_d)`, per output dim
+=========================  ===================================================================
+:func:`nll`                :math:`-\log p(y)`, nats (the training loss)
+:func:`crps`               continuous ranked probability score, closed form, per output dim
+:func:`energy_score`       multivariate CRPS, Monte Carlo
+:func:`rmse`               root mean squared error of the predictive mean
+:func:`pit`                probability integral transform :math:`F_d(y_d)`, per output dim
 :func:`calibration_error`  distance of the PIT values from uniform
 :func:`interval_coverage`  fraction of targets inside the central interval
-=====================  ===================================================================
+:class:`ScoreSums`         the scores above of data given in parts (sums and counts, bounded memory)
+=========================  ===================================================================
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from . import checks
 from .checks import as_generator
+from .kernels import broadcast_shapes, to_component_major
 from .mixture import GaussianMixture
 from .options import MetricReduction
 
@@ -38,9 +40,11 @@ __all__ = [
     "pit",
     "calibration_error",
     "interval_coverage",
+    "ScoreSums",
 ]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
 
 def _check(mixture: GaussianMixture, y, reduction: str) -> Tensor:
@@ -61,7 +65,7 @@ def _check(mixture: GaussianMixture, y, reduction: str) -> Tensor:
             f"found {tuple(y.shape)}"
         )
     try:
-        torch.broadcast_shapes(y.shape[:-1], mixture.batch_shape)
+        broadcast_shapes(y.shape[:-1], mixture.batch_shape)
     except RuntimeError:
         raise ValueError(
             f"y of shape {tuple(y.shape)} does not broadcast to the mixture's batch shape "
@@ -87,10 +91,13 @@ def nll(mixture: GaussianMixture, y, reduction: MetricReduction = "mean") -> Ten
 
 
 def _a(mu: Tensor, var: Tensor) -> Tensor:
-    r""":math:`A(\mu, \sigma^2) = \mathbb{E}|X|` for :math:`X\sim\mathcal{N}(\mu,\sigma^2)`."""
+    r""":math:`A(\mu, \sigma^2) = \mathbb{E}|X| = 2\sigma\varphi(z) + \mu\,\mathrm{erf}(z/\sqrt2)`,
+    :math:`z = \mu/\sigma`, for :math:`X\sim\mathcal{N}(\mu,\sigma^2)` (:math:`2\Phi(z) - 1 =
+    \mathrm{erf}(z/\sqrt2)`; in place on temporaries: it is most of the CRPS's time)."""
     s = var.sqrt()
     z = mu / s
-    return 2.0 * s * torch.exp(-0.5 * z * z) / _SQRT_2PI + mu * (2.0 * torch.special.ndtr(z) - 1.0)
+    out = z.square().mul_(-0.5).exp_().mul_(2.0 / _SQRT_2PI).mul_(s)
+    return out.addcmul_(mu, torch.special.erf(z.mul_(_SQRT_HALF)))
 
 
 def crps(mixture: GaussianMixture, y, reduction: MetricReduction = "mean") -> Tensor:
@@ -111,15 +118,23 @@ def crps(mixture: GaussianMixture, y, reduction: MetricReduction = "mean") -> Te
         >>> round(float(crps(m, torch.zeros(1))), 4)  # (sqrt(2) - 1) / sqrt(pi)
         0.2337
     """
-    y = _check(mixture, y, reduction).double()
-    w = mixture.weights.double().unsqueeze(-1)  # (..., K, 1)
-    mu = mixture.loc.double()  # (..., K, D)
-    var = mixture.component_variance.double()  # (..., K, D)
-    first = (w * _a(y.unsqueeze(-2) - mu, var)).sum(-2)  # (..., D)
-    ww = w.unsqueeze(-2) * w.unsqueeze(-3)  # (..., K, K, 1)
-    pair = _a(mu.unsqueeze(-2) - mu.unsqueeze(-3), var.unsqueeze(-2) + var.unsqueeze(-3))
-    second = 0.5 * (ww * pair).sum((-2, -3))
-    return _reduce(first - second, reduction)
+    y = _check(mixture, y, reduction)
+    batch = broadcast_shapes(y.shape[:-1], mixture.batch_shape)
+    # component-major (K, D, B): the elementwise work runs along the long batch dimension
+    w = to_component_major(mixture.weights.unsqueeze(-1), batch).double()  # (K, 1, B)
+    mu = to_component_major(mixture.loc, batch).double()  # (K, D, B)
+    var = to_component_major(mixture.component_variance, batch).double()  # (K, D, B)
+    yc = to_component_major(y.unsqueeze(-2), batch)[0].double()  # (D, B)
+    first = (w * _a(yc - mu, var)).sum(0)  # (D, B)
+    # A is even in mu, so the K x K double sum is its diagonal, A(0, 2 var_k) = 2 sqrt(var_k / pi),
+    # plus twice the K (K - 1) / 2 pairs k < l: 0.5 * sum_kl = diagonal / 2 + pairs
+    k = mu.shape[0]
+    i, j = torch.triu_indices(k, k, 1, device=mu.device)
+    second = (w.square() * var.sqrt()).sum(0) / math.sqrt(math.pi)
+    if k > 1:
+        second = second + (w[i] * w[j] * _a(mu[i] - mu[j], var[i] + var[j])).sum(0)
+    score = (first - second).T.reshape(*batch, -1)  # batch_shape + (D,)
+    return _reduce(score, reduction)
 
 
 _ENERGY_CHUNK = 1 << 22  # sampled numbers per chunk of rows in energy_score
@@ -162,7 +177,7 @@ def energy_score(
         term2 = (x - x.roll(1, dims=0)).norm(dim=-1).mean(0)
         return term1 - 0.5 * term2
 
-    if len(batch) == 0 or torch.broadcast_shapes(y.shape[:-1], batch) != batch:
+    if len(batch) == 0 or broadcast_shapes(y.shape[:-1], batch) != batch:
         return _reduce(score(mixture, y), reduction)
     # Rows of the first batch dimension in chunks of at most _ENERGY_CHUNK sampled numbers:
     # memory stays bounded (all at once, 100 000 rows of 3-D targets took some 7 GB).
@@ -225,8 +240,7 @@ def calibration_error(pit_values, bins: int = 10) -> float:
         >>> calibration_error(torch.full((100,), 0.5), bins=10)  # all mass at the median
         0.2777777777777778
     """
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, found {bins!r}")
+    _check_bins(bins)
     u = (
         pit_values.detach().cpu().double()
         if isinstance(pit_values, Tensor)
@@ -237,9 +251,29 @@ def calibration_error(pit_values, bins: int = 10) -> float:
         raise ValueError("pit_values is empty, expected at least one value")
     if torch.isnan(u).any() or (u < 0).any() or (u > 1).any():
         raise ValueError("pit_values must lie in [0, 1], found values outside it or NaN")
-    levels = torch.arange(1, bins, dtype=torch.float64) / bins
-    emp = (u.unsqueeze(0) <= levels.unsqueeze(1)).double().mean(1)
-    return float((emp - levels).abs().mean())
+    levels = _levels(bins)
+    return _calibration(_below(u, levels), u.numel(), levels)
+
+
+def _check_bins(bins: int) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, found {bins!r}")
+
+
+def _levels(bins: int) -> Tensor:
+    """The nominal levels j / B, j = 1 .. B - 1, of :func:`calibration_error`."""
+    return torch.arange(1, bins, dtype=torch.float64) / bins
+
+
+def _below(u: Tensor, levels: Tensor) -> Tensor:
+    """How many of the values ``u`` are <= each level (int64, one count per level)."""
+    u = u.reshape(-1, 1).to(torch.float64)
+    return (u <= levels.to(u.device)).sum(0).cpu()
+
+
+def _calibration(below: Tensor, n: int, levels: Tensor) -> float:
+    r""":func:`calibration_error` from the counts :math:`N\hat F(j/B)` of :func:`_below`."""
+    return float((below.double() / n - levels).abs().mean())
 
 
 def interval_coverage(
@@ -257,9 +291,82 @@ def interval_coverage(
         >>> float(interval_coverage(m, torch.tensor([[0.0], [3.0]]), 0.9))
         0.5
     """
+    _check_coverage(coverage)
+    inside = _inside(pit(mixture, y), coverage)
+    return inside.double().mean() if reduction == "mean" else inside
+
+
+def _check_coverage(coverage: float) -> None:
     if not isinstance(coverage, (int, float)) or isinstance(coverage, bool) or not 0 < coverage < 1:
         raise ValueError(f"coverage must be a number in (0, 1), found {coverage!r}")
-    u = pit(mixture, y).double()
+
+
+def _inside(u: Tensor, coverage: float) -> Tensor:
+    """Whether each PIT value lies in the central ``coverage`` interval (booleans)."""
+    u = u.double()
     a = (1.0 - coverage) / 2.0
-    inside = (u >= a) & (u <= 1.0 - a)
-    return inside.double().mean() if reduction == "mean" else inside
+    return (u >= a) & (u <= 1.0 - a)
+
+
+class ScoreSums:
+    r"""The scores of a data set given in parts: sums and counts, added one part at a time.
+
+    :meth:`add` takes a mixture and its targets (as the functions above do; one part of the
+    data, any size) and :meth:`result` gives the scores of everything added so far, the same
+    numbers as :func:`nll`, :func:`crps`, :func:`rmse`, :func:`calibration_error` of the
+    :func:`pit` values and :func:`interval_coverage` on all the data at once (sums in float64;
+    the counts behind calibration and coverage exactly).  Memory does not grow with the data.
+
+    Args:
+        coverage: the nominal coverage of the central interval (as :func:`interval_coverage`).
+        bins: the levels of :func:`calibration_error`.
+
+    Example:
+        >>> m = GaussianMixture(torch.zeros(1), torch.zeros(1, 1), torch.ones(1, 1))
+        >>> sums = ScoreSums(coverage=0.9)
+        >>> for part in torch.linspace(-3, 3, 60).reshape(3, 20, 1):
+        ...     sums.add(m, part)
+        >>> r = sums.result()
+        >>> r["rows"], round(r["nll"], 4), round(r["coverage"], 4)
+        (60, 2.4698, 0.5333)
+    """
+
+    def __init__(self, coverage: float = 0.9, bins: int = 10) -> None:
+        _check_coverage(coverage)
+        _check_bins(bins)
+        self.coverage = float(coverage)
+        self.levels = _levels(int(bins))
+        self.rows = self.values = self.inside = 0
+        self.nll_sum = self.crps_sum = self.squared_error_sum = 0.0
+        self.below = torch.zeros(len(self.levels), dtype=torch.int64)
+
+    def add(self, mixture: GaussianMixture, y) -> None:
+        """Add the scores of targets ``y`` (shape ``batch_shape + (D,)``) under ``mixture``."""
+        y = _check(mixture, y, "none")
+        with torch.no_grad():
+            loss = nll(mixture, y, reduction="none")
+            score = crps(mixture, y, reduction="none")
+            error = mixture.mean - y.to(mixture.loc.dtype)
+            u = pit(mixture, y)
+        self.rows += loss.numel()
+        self.values += score.numel()
+        self.nll_sum += float(loss.double().sum())
+        self.crps_sum += float(score.sum())
+        self.squared_error_sum += float(error.double().square().sum())
+        self.inside += int(_inside(u, self.coverage).sum())
+        self.below += _below(u, self.levels)
+
+    def result(self) -> dict[str, float]:
+        """``rows`` (elements of the batch), ``nll``, ``crps``, ``rmse``, ``calibration_error``
+        and ``coverage`` of everything added; NaN for each score when nothing was added."""
+        if self.rows == 0:
+            nan = math.nan
+            return dict(rows=0, nll=nan, crps=nan, rmse=nan, calibration_error=nan, coverage=nan)
+        return {
+            "rows": self.rows,
+            "nll": self.nll_sum / self.rows,
+            "crps": self.crps_sum / self.values,
+            "rmse": math.sqrt(self.squared_error_sum / self.values),
+            "calibration_error": _calibration(self.below, self.values, self.levels),
+            "coverage": self.inside / self.values,
+        }

@@ -37,6 +37,7 @@ from .kernels import (
     LOG_2PI,
     UNROLL_MAX_D,
     DiagonalMixtureLogProb,
+    broadcast_shapes,
     diagonal_terms,
     draw_components,
     sum_last,
@@ -84,7 +85,7 @@ def check_temperature(
             kind = "finite numbers" if finite else "numbers"
             raise ValueError(f"{name} must hold {kind} >= 0 (0 means greedy), found {value!r}")
         try:
-            ok = torch.broadcast_shapes(value.shape, batch) == batch
+            ok = broadcast_shapes(value.shape, batch) == batch
         except RuntimeError:
             ok = False
         if not ok:
@@ -309,7 +310,7 @@ class GaussianMixture(Distribution):
             self.covariance_type = "full"
             shapes.append(scale_tril.shape[:-3])
         try:
-            batch_shape = torch.broadcast_shapes(*shapes)
+            batch_shape = broadcast_shapes(*shapes)
         except RuntimeError:
             raise ValueError(
                 "the leading (batch) dimensions of the parameters do not broadcast: "
@@ -798,7 +799,7 @@ class GaussianMixture(Distribution):
             raise ValueError("icdf expects probabilities in [0, 1]")
         w_g, mu_g, sigma_g = logits.double().exp(), mu.double(), sigma.double()
         w, mu, sigma = w_g.detach(), mu_g.detach(), sigma_g.detach()
-        shape = torch.broadcast_shapes(q.shape, self.batch_shape)
+        shape = broadcast_shapes(q.shape, self.batch_shape)
         q = q.expand(shape)
         qc = q.clamp(1e-300, 1 - 1e-16).unsqueeze(-1)
         zq = torch.special.ndtri(qc)

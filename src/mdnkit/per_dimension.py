@@ -31,7 +31,7 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
 from .checks import as_generator, positive_int
-from .kernels import LOG_2PI, DiagonalMixtureLogProb, draw_components
+from .kernels import LOG_2PI, DiagonalMixtureLogProb, broadcast_shapes, draw_components
 from .mixture import (
     GaussianMixture,
     check_temperature,
@@ -133,7 +133,7 @@ class PerDimensionMixture(Distribution):
                 )
         shapes = [logits.shape[:-2], loc.shape[:-2], scale.shape[:-2]]
         try:
-            batch_shape = torch.broadcast_shapes(*shapes)
+            batch_shape = broadcast_shapes(*shapes)
         except RuntimeError:
             raise ValueError(
                 "the leading (batch) dimensions of the parameters do not broadcast: "
