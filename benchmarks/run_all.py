@@ -34,7 +34,13 @@ from report import environment, fmt  # noqa: E402
 # name: (script, full-size arguments, smoke-size arguments, extra environment)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
     "core": ("bench_core.py", [], ["--quick"], {}),
-    "training": ("bench_training.py", [], ["--epochs", "20", "--repeats", "1"], {}),
+    # against keras-mdn-layer on JAX, the faster Keras backend (bench_training --only ... adds torch)
+    "training": (
+        "bench_training.py",
+        ["--only", "mdnkit,keras-jax"],
+        ["--only", "mdnkit,keras-jax", "--epochs", "20", "--repeats", "1"],
+        {},
+    ),
     "keras-jax": ("bench_keras.py", [], ["--quick"], {"KERAS_BACKEND": "jax"}),
     "keras-torch": ("bench_keras.py", [], ["--quick"], {"KERAS_BACKEND": "torch"}),
     "realtime": ("bench_realtime.py", [], ["--quick"], {}),
