@@ -14,14 +14,13 @@ peak resident set size of that process (``os.wait4``'s ``ru_maxrss``)::
 ``--against SRC`` (repeatable) runs each command from the other source trees too, in
 interleaved rounds (this tree, then each other one, ``--rounds`` times, on the same files), and
 reports the median of each, and the ratios of each other tree's medians to this tree's.
-The load average (``os.getloadavg``) is printed before and after.  ``--json`` prints one JSON
-object instead of the table.
+The load average (``os.getloadavg``) is printed before and after; ``--json PATH`` also writes
+the figures to a JSON file (see ``benchmarks/report.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import Report, add_json_argument
 
 HERE = Path(__file__).resolve().parent
 RUN = "import sys; from mdnkit.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -114,7 +114,7 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median reported)")
     p.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated subset")
-    p.add_argument("--json", action="store_true")
+    add_json_argument(p)
     args = p.parse_args()
     commands = [c for c in args.commands.split(",") if c]
     load_before = os.getloadavg()
@@ -148,9 +148,6 @@ def main() -> None:
             "results": measured[str(args.src)],
             "against": {str(s): measured[str(s)] for s in args.against},
         }
-    if args.json:
-        print(json.dumps(report))
-        return
     print(
         f"{report['rows']} rows, {report['csv_mb']} MB CSV; median of {report['rounds']} round(s)"
     )
@@ -171,6 +168,17 @@ def main() -> None:
             )
     if "fit" in report["results"]:
         print(f"fit: {report['results']['fit']['output']}")
+    figures = Report("bench_cli_io", __doc__)
+    for src, results in ((args.src, report["results"]), *report["against"].items()):
+        which = "" if str(src) == str(args.src) else f" ({src})"
+        for name, r in results.items():
+            rounds = r["rounds"]
+            what = f"mdnkit {name}, {report['rows']} rows x 5 columns{which}"
+            figures.add(f"{what}: seconds", [x[0] for x in rounds], "s", better="lower",
+                        target="<= 10 s" if name == "eval" and not which else None)  # fmt: skip
+            figures.add(f"{what}: peak RSS", [x[2] for x in rounds], "MB", better="lower",
+                        target="<= 300 MB" if name == "eval" and not which else None)  # fmt: skip
+    figures.finish(args.json)
 
 
 if __name__ == "__main__":
