@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="20 epochs, fewer sampling rows")
     add_json_argument(parser)
     args = parser.parse_args(argv)
+    if keras.backend.backend() == "torch":
+        # As docs/keras.md recommends: with torch's default threads, Keras on the torch backend
+        # ran 15-25x slower on a 2-core machine, erratically, for both layers alike.
+        import torch
+
+        torch.set_num_threads(1)
     epochs = 20 if args.quick else 200
     rounds = 10 if args.quick else 20
     rows_classic = 1000 if args.quick else 3000
