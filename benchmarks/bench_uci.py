@@ -1,19 +1,18 @@
 """Test NLL on the standard UCI regression benchmark, beside published results.
 
-``MDNRegressor`` with its default settings (two tanh layers of 64, 5 diagonal components,
-Adam, early stopping on a 10 % validation split of the training rows; nothing tuned per set)
-is trained on every split of the five UCI sets in the data folder (the 90 % / 10 % splits of
-Gal & Ghahramani's experiments, 20 per set) and scored on the split's test rows: the mean
-negative log-likelihood per row in the target's original units, as the papers score it.  The
-same estimator with one component (a heteroscedastic Gaussian network) runs beside it, to show
-what the mixture adds.  Reported per set: mean ± standard error over the splits, and the
-published figures of the methods people compare with (copied from the data folder's README:
-Lakshminarayanan et al. 2017, "Simple and Scalable Predictive Uncertainty Estimation using
-Deep Ensembles", Table 1, for PBP, MC-dropout and Deep Ensembles; Gal's repository README for
-grid-searched MC-dropout; Duan et al. 2019, "NGBoost", Table 1; each as its paper reports it).
+``MDNRegressor()`` with its default settings (a deep ensemble of 5 MDNs trained together, each
+two tanh layers of 64 and 5 diagonal components; Adam with weight decay, batches and epochs
+sized from the number of rows, early stopping on a 10 % validation split of the training rows;
+nothing tuned per set) is trained on every split of the five UCI sets in the data folder (the
+90 % / 10 % splits of Gal & Ghahramani's experiments, 20 per set) and scored on the split's test
+rows: the mean negative log-likelihood per row in the target's original units, as the papers
+score it.  Reported per set: mean ± standard error over the splits, the wall time of the set
+(every split's fit and scoring), and the published figures of the methods people compare with
+(see ``PUBLISHED`` and docs/benchmarks-uci.md for the sources).
 
     python benchmarks/bench_uci.py                 # all sets, all splits (a few minutes)
     python benchmarks/bench_uci.py --splits 3 --sets yacht,energy
+    python benchmarks/bench_uci.py --also n_estimators=1 --also num_components=auto
     python benchmarks/bench_uci.py --json uci.json  # also write every split's figures
 
 The data are read from ``--data``, ``$MDNKIT_DATA`` or ``../shared/data`` (``uci/<set>/``).
@@ -22,6 +21,7 @@ The data are read from ``--data``, ``$MDNKIT_DATA`` or ``../shared/data`` (``uci
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -33,51 +33,82 @@ from pathlib import Path
 
 import numpy as np
 
-# Published test NLL (nats): mean and the ± each paper reports.
+# Published test NLL (nats): mean and the ± each paper reports (PBP, MC-dropout, Deep Ensembles:
+# Lakshminarayanan et al. 2017, Table 1, ± standard error; MC-dropout (grid): Gal's
+# DropoutUncertaintyExps README, ± standard error; NGBoost: Duan et al. 2020, Table 1, ± standard
+# deviation; WGBoost: Matsubara 2024, arXiv 2405.09536, Table 1, ± standard deviation, over its
+# own 20 random 10 % test splits; Deep Evidential: Amini et al. 2020, as reprinted in WGBoost's
+# Table 1, ± standard deviation).
+COLUMNS = (
+    "WGBoost",
+    "Deep Evidential",
+    "Deep Ensembles",
+    "MC-dropout (grid)",
+    "MC-dropout",
+    "PBP",
+    "NGBoost",
+)
 PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
     "concrete": {
-        "PBP": (3.16, 0.02),
-        "MC-dropout": (3.04, 0.09),
-        "MC-dropout (grid)": (2.93, 0.02),
+        "WGBoost": (2.83, 0.11),
+        "Deep Evidential": (3.01, 0.02),
         "Deep Ensembles": (3.06, 0.18),
+        "MC-dropout (grid)": (2.93, 0.02),
+        "MC-dropout": (3.04, 0.09),
+        "PBP": (3.16, 0.02),
         "NGBoost": (3.04, 0.17),
     },
     "energy": {
-        "PBP": (2.04, 0.02),
-        "MC-dropout": (1.99, 0.09),
-        "MC-dropout (grid)": (1.21, 0.01),
+        "WGBoost": (0.53, 0.08),
+        "Deep Evidential": (1.39, 0.06),
         "Deep Ensembles": (1.38, 0.22),
+        "MC-dropout (grid)": (1.21, 0.01),
+        "MC-dropout": (1.99, 0.09),
+        "PBP": (2.04, 0.02),
         "NGBoost": (0.60, 0.45),
     },
     "kin8nm": {
-        "PBP": (-0.90, 0.01),
-        "MC-dropout": (-0.95, 0.03),
-        "MC-dropout (grid)": (-1.14, 0.01),
+        "WGBoost": (-0.44, 0.03),
+        "Deep Evidential": (-1.24, 0.01),
         "Deep Ensembles": (-1.20, 0.02),
+        "MC-dropout (grid)": (-1.14, 0.01),
+        "MC-dropout": (-0.95, 0.03),
+        "PBP": (-0.90, 0.01),
         "NGBoost": (-0.49, 0.02),
     },
     "power-plant": {
-        "PBP": (2.84, 0.01),
-        "MC-dropout": (2.80, 0.05),
-        "MC-dropout (grid)": (2.80, 0.01),
+        "WGBoost": (2.60, 0.04),
+        "Deep Evidential": (2.81, 0.07),
         "Deep Ensembles": (2.79, 0.04),
+        "MC-dropout (grid)": (2.80, 0.01),
+        "MC-dropout": (2.80, 0.05),
+        "PBP": (2.84, 0.01),
         "NGBoost": (2.79, 0.11),
     },
     "yacht": {
-        "PBP": (1.63, 0.02),
-        "MC-dropout": (1.55, 0.12),
-        "MC-dropout (grid)": (1.25, 0.01),
+        "WGBoost": (0.16, 0.24),
+        "Deep Evidential": (1.03, 0.19),
         "Deep Ensembles": (1.18, 0.21),
+        "MC-dropout (grid)": (1.25, 0.01),
+        "MC-dropout": (1.55, 0.12),
+        "PBP": (1.63, 0.02),
         "NGBoost": (0.20, 0.26),
     },
 }
+
+
+def best_published(name: str) -> tuple[float, str]:
+    """The lowest published NLL of a set and the method that reports it."""
+    pub = PUBLISHED[name]
+    method = min(pub, key=lambda c: pub[c][0])
+    return pub[method][0], method
 
 
 def _n_splits(root: Path, name: str) -> int:
     return int(np.loadtxt(root / "uci" / name / "n_splits.txt"))
 
 
-def run_set(root: Path, name: str, splits: int, components: int) -> list[dict]:
+def run_set(root: Path, name: str, splits: int, settings: dict) -> list[dict]:
     """Train and score one estimator per split; returns each split's figures."""
     from mdnkit import MDNRegressor
     from mdnkit.datasets import load_uci
@@ -86,11 +117,20 @@ def run_set(root: Path, name: str, splits: int, components: int) -> list[dict]:
     for s in range(splits):
         xtr, ytr, xte, yte = load_uci(name, split=s, root=root)
         t = time.perf_counter()
-        reg = MDNRegressor(num_components=components, random_state=s).fit(xtr, ytr)
-        seconds = time.perf_counter() - t
-        nll = -float(reg.score(xte, yte))
+        reg = MDNRegressor(random_state=s, **settings).fit(xtr, ytr.ravel())
+        nll = -float(reg.score(xte, yte.ravel()))
         rmse = float(np.sqrt(np.mean((reg.predict(xte).reshape(-1) - yte.reshape(-1)) ** 2)))
-        out.append({"split": s, "nll": nll, "rmse": rmse, "seconds": seconds})
+        seconds = time.perf_counter() - t
+        out.append(
+            {
+                "split": s,
+                "nll": nll,
+                "rmse": rmse,
+                "seconds": seconds,
+                "epochs": len(reg.history_),
+                "num_components": int(reg.num_components_),
+            }
+        )
     return out
 
 
@@ -98,6 +138,51 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     m = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return m, se
+
+
+def _settings(text: str) -> dict:
+    """``KEY=VALUE[,KEY=VALUE...]`` (values as Python literals) -> a dict of estimator settings."""
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, found {part!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _label(settings: dict) -> str:
+    return (
+        "mdnkit " + ", ".join(f"{k}={v}" for k, v in settings.items())
+        if settings
+        else "mdnkit defaults"
+    )
+
+
+def _table(sets: list[str], results: dict, variants: list[dict]) -> list[str]:
+    """The markdown table: each variant (mean ± s.e., wall time), then the published columns."""
+    labels = [_label(v) for v in variants]
+    head = ["set", "splits"]
+    for label in labels:
+        head += [label, "time"]
+    head += ["best published", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in sets:
+        cells = [name, str(len(results[name][labels[0]]))]
+        best, _ = best_published(name)
+        for i, label in enumerate(labels):
+            res = results[name][label]
+            m, se = _mean_se([r["nll"] for r in res])
+            cell = f"{m:.2f} ± {se:.2f}"
+            cells += [f"**{cell}**" if i == 0 else cell, f"{sum(r['seconds'] for r in res):.0f} s"]
+        cells.append(f"{best:.2f}")
+        pub = PUBLISHED.get(name, {})
+        cells += [f"{pub[c][0]:.2f} ± {pub[c][1]:.2f}" if c in pub else "-" for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--splits", type=int, default=None, help="first N splits of each set (default: all)"
     )
-    ap.add_argument("--components", default="5,1", help="comma-separated K values to run")
+    ap.add_argument(
+        "--also",
+        type=_settings,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,...]",
+        help="also run MDNRegressor with these settings (repeatable), e.g. n_estimators=1",
+    )
     ap.add_argument("--json", default=None, help="write every split's figures to this file")
     args = ap.parse_args(argv)
 
@@ -126,48 +218,68 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    ks = [int(k) for k in args.components.split(",") if k]
-
+    variants = [{}, *args.also]
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    started = time.perf_counter()
     results: dict[str, dict[str, list[dict]]] = {}
     for name in sets:
         n = min(args.splits or math.inf, _n_splits(root, name))
         results[name] = {}
-        for k in ks:
-            res = run_set(root, name, n, k)
-            results[name][f"K={k}"] = res
+        for v in variants:
+            res = run_set(root, name, n, v)
+            results[name][_label(v)] = res
             m, se = _mean_se([r["nll"] for r in res])
-            sec = statistics.fmean(r["seconds"] for r in res)
+            sec = sum(r["seconds"] for r in res)
             print(
-                f"{name:12s} K={k:<2d} {n:2d} splits  NLL {m:7.3f} ± {se:.3f}  ({sec:.1f} s a split)",
+                f"{name:12s} {_label(v):28s} {n:2d} splits  NLL {m:7.3f} ± {se:.3f}  ({sec:.0f} s)",
                 flush=True,
             )
+    total = time.perf_counter() - started
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     print()
     print(
-        f"Test NLL (nats, original units; mean ± standard error over the splits); mdnkit "
-        f"MDNRegressor defaults; torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs"
+        f"Test NLL (nats, original units; mean ± standard error over the splits); wall time of "
+        f"each set's fits and scoring; torch {torch.__version__}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs; {total:.0f} s in all; load "
+        f"average {load_before:.1f} before, {load_after:.1f} after"
     )
     print()
-    cols = [f"mdnkit K={k}" for k in ks] + list(next(iter(PUBLISHED.values())))
-    print("| set | splits | " + " | ".join(cols) + " |")
-    print("|---|---|" + "---|" * len(cols))
-    for name in sets:
-        cells = []
-        for k in ks:
-            res = results[name][f"K={k}"]
-            m, se = _mean_se([r["nll"] for r in res])
-            cells.append(f"**{m:.2f} ± {se:.2f}**" if k == ks[0] else f"{m:.2f} ± {se:.2f}")
-        pub = PUBLISHED.get(name, {})
-        cells += [
-            f"{pub[c][0]:.2f} ± {pub[c][1]:.2f}" if c in pub else "-" for c in cols[len(ks) :]
-        ]
-        n = len(next(iter(results[name].values())))
-        print(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    print("\n".join(_table(sets, results, variants)))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        _write_json(args.json, sets, results, variants)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _write_json(path: str, sets: list[str], results: dict, variants: list[dict]) -> None:
+    """The figures in ``benchmarks/report.py``'s format (each set's test NLL over the splits and
+    its wall time, per variant; what ``run_all.py --compare`` lines up) and every split's
+    figures under ``"splits"``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import Report
+
+    report = Report("bench_uci", __doc__)
+    for name in sets:
+        best, method = best_published(name)
+        for v in variants:
+            res = results[name][_label(v)]
+            report.add(
+                f"{name}: test NLL, {_label(v)}",
+                [r["nll"] for r in res],
+                unit="nats",
+                better="lower",
+                competitor=f"best published {best:.2f} ({method})",
+            )
+            report.add(
+                f"{name}: wall time, {_label(v)}",
+                sum(r["seconds"] for r in res),
+                unit="s",
+                better="lower",
+            )
+    result = report.finish(None)
+    result["splits"] = results
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

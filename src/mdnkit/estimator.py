@@ -9,51 +9,196 @@ the :class:`~mdnkit.GaussianMixture` itself.
 
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor, nn
 
 from . import checks
+from .ensemble import MDNEnsemble, MemberRows
 from .mixture import GaussianMixture
 from .models import MDN
 from .options import Activation, CovarianceType, LRSchedule, PointPrediction, ScaleTransform
 from .training import History, fit
 
-__all__ = ["MDNRegressor"]
+__all__ = [
+    "MDNRegressor",
+    "DiscreteTargetWarning",
+    "TrainingBudget",
+    "training_budget",
+    "target_resolution",
+    "member_rows",
+    "AUTO_COMPONENTS",
+    "AUTO_STEPS",
+    "AUTO_ROWS",
+    "AUTO_PATIENCE_STEPS",
+    "AUTO_PATIENCE_ROWS",
+    "RESOLUTION_FLOOR",
+]
+
+#: ``epochs="auto"``: as many epochs as make this many optimiser steps (early stopping ends
+#: most runs well before) ...
+AUTO_STEPS = 10_000
+#: ... or as see this many rows, whichever is fewer (a budget of arithmetic for large sets).
+AUTO_ROWS = 1_000_000
+#: ``patience="auto"``: this many optimiser steps without improvement ...
+AUTO_PATIENCE_STEPS = 2_000
+#: ... or this many rows seen, whichever is fewer, and at least 20 epochs.
+AUTO_PATIENCE_ROWS = 200_000
+#: ``num_components="auto"``: the numbers of components tried (the lowest validation NLL wins).
+AUTO_COMPONENTS = (1, 3, 5, 10)
+#: A discrete target's scale floor, as a fraction of its resolution h (see
+#: :func:`target_resolution`): a component narrower than h/2 would be a spike on one value.
+RESOLUTION_FLOOR = 0.5
+
+
+class DiscreteTargetWarning(UserWarning):
+    """``MDNRegressor.fit`` found a discrete target (:func:`target_resolution`) and floors the
+    component scales at :data:`RESOLUTION_FLOOR` times its resolution."""
+
+
+class TrainingBudget(NamedTuple):
+    """The resolved ``epochs``, ``batch_size`` and ``patience`` of a fit (see
+    :func:`training_budget`)."""
+
+    epochs: int
+    batch_size: int
+    patience: int | None
+
+
+def training_budget(
+    n_rows: int,
+    epochs: int | Literal["auto"] = "auto",
+    batch_size: int | Literal["auto"] = "auto",
+    patience: int | Literal["auto"] | None = "auto",
+) -> TrainingBudget:
+    r"""The training budget for ``n_rows`` training rows, each ``"auto"`` resolved so that
+    small data sets get enough optimiser steps:
+
+    * ``batch_size``: :math:`\min(128, \max(32, \lfloor n/32 \rfloor))` rows, about 32
+      batches an epoch;
+    * ``epochs``: :data:`AUTO_STEPS` steps or :data:`AUTO_ROWS` rows seen, whichever is fewer:
+      :math:`\min(\lceil 10^4 / b \rceil, \lceil 10^6 / n \rceil)` with
+      :math:`b = \lceil n / \text{batch} \rceil` batches an epoch;
+    * ``patience``: :data:`AUTO_PATIENCE_STEPS` steps or :data:`AUTO_PATIENCE_ROWS` rows,
+      whichever is fewer, and at least 20 epochs: :math:`\max(20, \min(\lceil 2000 / b \rceil,
+      \lceil 2 \cdot 10^5 / n \rceil))`.
+
+    Example:
+        >>> training_budget(250)          # a small set: 8 batches of 32 an epoch
+        TrainingBudget(epochs=1250, batch_size=32, patience=250)
+        >>> training_budget(8000)         # a large one: 63 batches of 128, 10^6 rows
+        TrainingBudget(epochs=125, batch_size=128, patience=25)
+    """
+    n = max(1, int(n_rows))
+    if batch_size == "auto":
+        batch = min(128, max(32, n // 32))
+    else:
+        batch = checks.positive_int("batch_size", batch_size)
+    per_epoch = math.ceil(n / batch)
+    if epochs == "auto":
+        n_epochs = min(math.ceil(AUTO_STEPS / per_epoch), math.ceil(AUTO_ROWS / n))
+    else:
+        n_epochs = checks.positive_int("epochs", epochs)
+    if patience == "auto":
+        steps = math.ceil(AUTO_PATIENCE_STEPS / per_epoch)
+        wait: int | None = max(20, min(steps, math.ceil(AUTO_PATIENCE_ROWS / n)))
+    else:
+        wait = checks.positive_int("patience", patience, or_none=True)
+    return TrainingBudget(n_epochs, batch, wait)
+
+
+def target_resolution(y: Any) -> float | None:
+    r"""The resolution h of a discrete-looking target, or None for a continuous one.
+
+    A target is discrete when its distinct values lie on a grid of step h (the smallest gap
+    between them; integers, counts, scores, values rounded to a fixed number of decimals) *and*
+    there are few of them: at most a quarter as many as rows, so that each value is shared by
+    four rows on average.  There a mixture can put a component of near-zero width on a value
+    and report a density, hence an NLL, that means nothing; :class:`MDNRegressor` then floors
+    its scales at :data:`RESOLUTION_FLOOR` :math:`\cdot h`.
+
+    Example:
+        >>> target_resolution(np.array([3, 5, 6, 5, 6, 7, 5, 6, 4, 6, 5, 6] * 2))  # 5 values
+        1.0
+        >>> target_resolution(np.linspace(0, 1, 12)) is None    # as many values as rows
+        True
+    """
+    v = np.asarray(y, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    u = np.unique(v)
+    if u.size < 2 or u.size > v.size / 4:
+        return None
+    span = u[-1] - u[0]
+    steps = round(span / float(np.diff(u).min()))
+    h = span / steps  # the grid step, averaged over the range (robust to float32 rounding)
+    units = (u - u[0]) / h
+    if not np.allclose(units, np.round(units), rtol=0.0, atol=0.05):
+        return None
+    return float(f"{h:.10g}")
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
     r"""Mixture density network regressor: predicts a Gaussian mixture :math:`p(y\mid x)`.
 
-    The network is an :class:`~mdnkit.MDN` (inputs and targets standardised inside), trained by
-    :func:`~mdnkit.fit` on the negative log-likelihood
+    By default a deep ensemble (Lakshminarayanan et al. 2017) of ``n_estimators`` MDNs
+    (:class:`~mdnkit.MDN` networks, inputs and targets standardised inside, each from its own
+    random initial weights), trained together as one batched network
+    (:class:`~mdnkit.ensemble.MDNEnsemble`) by :func:`~mdnkit.fit`, each member on its
+    negative log-likelihood
 
     .. math::
 
-        -\frac1N\sum_i \log \sum_k \pi_k(x_i)\,\mathcal{N}(y_i\mid\mu_k(x_i),\Sigma_k(x_i)).
+        -\frac1N\sum_i \log \sum_k \pi_{mk}(x_i)\,\mathcal{N}(y_i\mid\mu_{mk}(x_i),\Sigma_{mk}(x_i)).
+
+    The prediction is the equal-weight mixture of the members' mixtures, itself a
+    :class:`~mdnkit.GaussianMixture` of ``n_estimators`` x K components; early stopping and the
+    learning-rate schedule watch its NLL on a validation split of the training rows.  With
+    ``n_estimators=1`` the network is one :class:`~mdnkit.MDN`.
 
     :meth:`score` is the mean log-likelihood per sample (nats, higher is better), *not* the
     :math:`R^2` of other regressors: it rewards a correct spread, not only a correct mean.
 
     Parameters:
-        hidden, activation, num_components, covariance, scale_transform, min_scale, dropout:
-            the network (see :class:`~mdnkit.MDN`).
-        epochs, batch_size, lr, weight_decay, validation_split, patience, lr_schedule:
-            the training (see :func:`~mdnkit.fit`).
+        hidden, activation, covariance, scale_transform, min_scale, dropout:
+            each network (see :class:`~mdnkit.MDN`).
+        num_components: K, or ``"auto"``: each of :data:`AUTO_COMPONENTS` is trained and the
+            one with the lowest validation NLL kept (``num_components_`` says which).
+        n_estimators: the number of ensemble members M (1: a single network).
+        epochs, batch_size, patience: ``"auto"`` (the defaults) resolves them from the number
+            of training rows (:func:`training_budget`: about 32 batches an epoch, up to
+            :data:`AUTO_STEPS` optimiser steps, patience :data:`AUTO_PATIENCE_STEPS` steps);
+            or numbers, as :func:`~mdnkit.fit` takes them (``patience=None``: no early stop).
+        lr, weight_decay, validation_split, lr_schedule: the training (see :func:`~mdnkit.fit`).
+        target_resolution: ``"auto"`` (default) detects a discrete target
+            (:func:`target_resolution`: values on a grid of step h, few of them), warns once
+            (:class:`DiscreteTargetWarning`) and floors the component scales at
+            :data:`RESOLUTION_FLOOR` :math:`\cdot h`, so no component becomes a spike on one
+            value; the NLL is then that of a density smoothed over each value's bin, within a
+            few hundredths of a nat of the binned (probability-mass) NLL plus :math:`\log h`
+            when the predicted spread is a few h.  A number sets h; None fits the target as
+            continuous.
         random_state: seed (int, ``RandomState`` or None) for the weights, the split and the
             shuffling: the same seed gives the same model.
         device: torch device for training and prediction (None: CPU).
         verbose: show a progress bar while fitting.
 
     Attributes:
-        model_: the trained :class:`~mdnkit.MDN`.
-        history_: the :class:`~mdnkit.History` of the training.
+        model_: the trained network (:class:`~mdnkit.ensemble.MDNEnsemble`, or
+            :class:`~mdnkit.MDN` when ``n_estimators=1``).
+        history_: the :class:`~mdnkit.History` of its training.
+        num_components_: K of ``model_`` (the chosen one with ``num_components="auto"``).
+        components_scores_: the best validation NLL of each K trained.
+        target_resolution_: each output's resolution (None: continuous), or None when the
+            scale floor is not raised.
         n_features_in_: number of input features.
         n_outputs_: number of target dimensions D.
 
@@ -68,24 +213,28 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         >>> reg.predict(X[:3]).shape, reg.sample(X[:3], n_samples=10).shape
         ((3,), (3, 10))
         >>> lo, hi = reg.predict_interval(X[:3], coverage=0.9)
+        >>> reg.predict_distribution(X[:3]).num_components      # 5 members x 8 components
+        40
     """
 
     def __init__(
         self,
         hidden: Sequence[int] = (64, 64),
-        activation: Activation = "tanh",
-        num_components: int = 5,
+        activation: Activation = "gelu",
+        num_components: int | Literal["auto"] = 10,
         covariance: CovarianceType = "diagonal",
         scale_transform: ScaleTransform = "softplus",
         min_scale: float = 1e-3,
         dropout: float = 0.0,
-        epochs: int = 200,
-        batch_size: int = 128,
+        n_estimators: int = 5,
+        epochs: int | Literal["auto"] = "auto",
+        batch_size: int | Literal["auto"] = "auto",
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         validation_split: float = 0.1,
-        patience: int | None = 20,
+        patience: int | Literal["auto"] | None = "auto",
         lr_schedule: LRSchedule | None = "plateau",
+        target_resolution: float | Literal["auto"] | None = "auto",
         random_state: int | np.random.RandomState | None = None,
         device: str | None = None,
         verbose: bool = False,
@@ -97,6 +246,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.scale_transform = scale_transform
         self.min_scale = min_scale
         self.dropout = dropout
+        self.n_estimators = n_estimators
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -104,6 +254,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.validation_split = validation_split
         self.patience = patience
         self.lr_schedule = lr_schedule
+        self.target_resolution = target_resolution
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -130,41 +281,127 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         y2 = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = int(y2.shape[1])
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        hidden = (
-            (int(self.hidden),)
-            if isinstance(self.hidden, numbers.Integral)
-            else tuple(int(h) for h in self.hidden)
+        candidates = self._candidates()
+        self.target_resolution_ = self._target_resolution(y2)
+        x_t = torch.from_numpy(np.array(X, dtype=np.float32))
+        y_t = torch.from_numpy(np.array(y2, dtype=np.float32))
+        members = checks.positive_int("n_estimators", self.n_estimators)
+        if members == 1:
+            train, val = _split(x_t, y_t, self.validation_split, seed)
+            floor = self._scale_floor(train[1])
+        else:
+            train, val = member_rows(x_t, y_t, members, self.validation_split, seed)
+            floor = self._scale_floor(y_t)
+        budget = training_budget(
+            int(train[0].shape[0]), self.epochs, self.batch_size, self.patience
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = MDN(
-                self.n_features_in_,
-                self.n_outputs_,
-                hidden=hidden,
-                activation=self.activation,
-                num_components=self.num_components,
-                covariance=self.covariance,
-                scale_transform=self.scale_transform,
-                min_scale=self.min_scale,
-                dropout=self.dropout,
+        best: tuple[float, int, nn.Module, History] | None = None
+        self.components_scores_: dict[int, float] = {}
+        for k in candidates:
+            model = self._network(k, floor, seed)
+            trained: nn.Module = model
+            if isinstance(model, MDNEnsemble):
+                model.prepare(x_t, y_t)  # one standardisation, from every row
+                trained = MemberRows(model)
+            history = fit(
+                trained,
+                *train,
+                validation_data=val,
+                validation_split=0.0,  # split here above: the same rows for every candidate
+                epochs=budget.epochs,
+                batch_size=budget.batch_size,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                patience=budget.patience,
+                lr_schedule=self.lr_schedule,
+                progress=bool(self.verbose),
+                seed=seed,
+                device=self._device(),
             )
-        self.history_ = fit(
-            model,
-            torch.from_numpy(np.array(X, dtype=np.float32)),
-            torch.from_numpy(np.array(y2, dtype=np.float32)),
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            validation_split=self.validation_split,
-            patience=self.patience,
-            lr_schedule=self.lr_schedule,
-            progress=bool(self.verbose),
-            seed=seed,
-            device=self._device(),
-        )
+            self.components_scores_[k] = history.best_nll
+            if best is None or history.best_nll < best[0]:
+                best = (history.best_nll, k, model, history)
+        assert best is not None
+        _, self.num_components_, model, self.history_ = best
         self.model_ = model.eval()
         return self
+
+    def _candidates(self) -> tuple[int, ...]:
+        """The numbers of components to train: the one asked for, or :data:`AUTO_COMPONENTS`."""
+        if self.num_components == "auto":
+            if not self.validation_split > 0:
+                raise ValueError(
+                    "num_components='auto' chooses by validation NLL and needs "
+                    f"validation_split > 0, found {self.validation_split!r}"
+                )
+            return AUTO_COMPONENTS
+        return (checks.positive_int("num_components", self.num_components),)
+
+    def _hidden(self) -> tuple[int, ...]:
+        if isinstance(self.hidden, numbers.Integral):
+            return (int(self.hidden),)
+        return tuple(int(h) for h in self.hidden)
+
+    def _network(self, k: int, floor: float, seed: int) -> nn.Module:
+        """A fresh network with ``k`` components (its weights drawn from ``seed``): an
+        :class:`~mdnkit.MDN`, or an :class:`~mdnkit.ensemble.MDNEnsemble` of
+        ``n_estimators`` members."""
+        members = checks.positive_int("n_estimators", self.n_estimators)
+        kw: dict[str, Any] = {
+            "hidden": self._hidden(),
+            "activation": self.activation,
+            "num_components": k,
+            "covariance": self.covariance,
+            "scale_transform": self.scale_transform,
+            "min_scale": floor,
+            "dropout": self.dropout,
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if members == 1:
+                return MDN(self.n_features_in_, self.n_outputs_, **kw)
+            return MDNEnsemble(self.n_features_in_, self.n_outputs_, n_members=members, **kw)
+
+    def _target_resolution(self, y: np.ndarray) -> list[float | None] | None:
+        """Each output's resolution h (None: continuous), or None when every output is
+        continuous; warns once when ``target_resolution="auto"`` finds a discrete output."""
+        tr = self.target_resolution
+        if tr is None:
+            return None
+        if tr != "auto":
+            h = checks.number("target_resolution", tr, low=0.0, low_open=True)
+            return [h] * y.shape[1]
+        found = [target_resolution(y[:, d]) for d in range(y.shape[1])]
+        if all(h is None for h in found):
+            return None
+        which = ", ".join(f"{h:g}" if h is not None else "continuous" for h in found)
+        warnings.warn(
+            f"MDNRegressor: the target looks discrete (resolution {which}: values on a grid, "
+            f"few of them); component scales are floored at {RESOLUTION_FLOOR:g} x the "
+            "resolution, so the NLL is that of a density smoothed over each value's bin (close "
+            "to the binned probability-mass NLL plus log(resolution)); pass "
+            "target_resolution=None to fit it as continuous, or a number to set the resolution",
+            DiscreteTargetWarning,
+            stacklevel=3,
+        )
+        return found
+
+    def _scale_floor(self, y: Tensor) -> float:
+        """The components' scale floor in standardised units: ``min_scale``, raised to
+        :data:`RESOLUTION_FLOOR` x h / s_y for a discrete output (the smallest such value
+        when there are several outputs)."""
+        floor = checks.number("min_scale", self.min_scale, low=0.0)
+        if self.target_resolution_ is None:
+            return floor
+        sd = y.double().std(0, correction=0)
+        if self.covariance == "spherical":
+            sd = sd.square().mean().sqrt().expand_as(sd)
+        raised = [
+            RESOLUTION_FLOOR * h / float(s)
+            for h, s in zip(self.target_resolution_, sd)
+            if h is not None and float(s) > 0
+        ]
+        return max(floor, min(raised)) if raised else floor
 
     # ------------------------------------------------------------------ prediction
     def _x(self, X: Any) -> torch.Tensor:
@@ -296,6 +533,13 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             "n_outputs": int(self.n_outputs_),
             "y_1d": bool(self._y_1d),
             "model": self.model_.config(),
+            "model_class": type(self.model_).__name__,
+            "num_components": int(self.num_components_),
+            "components_scores": {
+                str(k): (v if math.isfinite(v) else None)
+                for k, v in self.components_scores_.items()
+            },
+            "target_resolution": self.target_resolution_,
             "history": self.history_.as_dict(),
             **(
                 {"feature_names_in": [str(c) for c in self.feature_names_in_]}
@@ -316,10 +560,20 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         ``cls(**config)``)."""
         params = dict(config["params"])
         params["hidden"] = tuple(params["hidden"])
+        ensemble = config.get("model_class") == "MDNEnsemble"
+        if "model_class" not in config:  # written before ensembles: one MDN, no floor
+            params.setdefault("n_estimators", 1)
+            params.setdefault("target_resolution", None)
         est = cls(**params)
-        model = MDN(**config["model"])
+        model = MDNEnsemble(**config["model"]) if ensemble else MDN(**config["model"])
         model.load_state_dict(state)
         est.model_ = model.eval()
+        est.num_components_ = int(config.get("num_components", model.num_components))
+        scores = config.get("components_scores") or {}
+        est.components_scores_ = {
+            int(k): (float(v) if v is not None else math.inf) for k, v in scores.items()
+        }
+        est.target_resolution_ = config.get("target_resolution")
         est.n_features_in_ = int(config["n_features_in"])
         est.n_outputs_ = int(config["n_outputs"])
         est._y_1d = bool(config["y_1d"])
@@ -327,3 +581,55 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
         est.history_ = History.from_dict(config.get("history") or {})
         return est
+
+
+def _split(
+    x: Tensor, y: Tensor, fraction: float, seed: int
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+    """(training rows, validation rows or None): a random ``fraction`` of the rows held out
+    (drawn by a generator seeded with ``seed``), when that leaves at least one row each side."""
+    fraction = checks.number("validation_split", fraction, low=0.0, high=1.0, high_open=True)
+    n = int(x.shape[0])
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n - n_val < 1:
+        return (x, y), None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    vi, ti = perm[:n_val], perm[n_val:]
+    return (x[ti], y[ti]), (x[vi], y[vi])
+
+
+def member_rows(
+    x: Tensor, y: Tensor, members: int, fraction: float, seed: int
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+    r"""Each ensemble member's training and validation rows, for :class:`~mdnkit.ensemble.MemberRows`.
+
+    The rows are shuffled (a generator seeded with ``seed``) and member m holds out the m-th
+    block of :math:`V = \operatorname{round}(N \cdot \text{fraction})` of them (blocks taken in
+    turn, wrapping round), training on the other :math:`N - V` in its own order; with M blocks
+    of 10 % every row is trained on by at least M - 1 members, and each member is validated on
+    rows it never saw.  Returns ``((x (N-V, M, in), y (N-V, M, D)), (x (V, M, in), y (V, M,
+    D)))``, or every row for every member (each in its own order) and None when ``fraction`` is
+    0 or leaves no row on one side.
+
+    Example:
+        >>> (xt, yt), (xv, yv) = member_rows(torch.randn(100, 3), torch.randn(100, 1), 5, 0.1, 0)
+        >>> tuple(xt.shape), tuple(xv.shape)
+        ((90, 5, 3), (10, 5, 3))
+    """
+    fraction = checks.number("validation_split", fraction, low=0.0, high=1.0, high_open=True)
+    n = int(x.shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n - n_val < 1:
+        train = torch.stack([torch.randperm(n, generator=gen) for _ in range(members)], 1)
+        return (x[train], y[train]), None
+    held = torch.stack([perm[(torch.arange(n_val) + m * n_val) % n] for m in range(members)], 1)
+    keep = []
+    for m in range(members):
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[held[:, m]] = False
+        rows = torch.nonzero(mask).squeeze(1)
+        keep.append(rows[torch.randperm(rows.shape[0], generator=gen)])
+    train = torch.stack(keep, 1)
+    return (x[train], y[train]), (x[held], y[held])

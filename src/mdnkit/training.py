@@ -494,8 +494,9 @@ def _direct_adam_step(opt: torch.optim.Optimizer) -> Callable[[], None] | None:
 
 
 def _small(model: nn.Module, batch_size: int) -> bool:
-    """Whether one batch's work is too small to gain from several CPU threads."""
-    n_params = sum(p.numel() for p in model.parameters())
+    """Whether one batch's work is too small to gain from several CPU threads (an ensemble's
+    ``n_members`` networks are independent products, each counted as one network)."""
+    n_params = sum(p.numel() for p in model.parameters()) // getattr(model, "n_members", 1)
     return n_params * batch_size <= _SMALL_WORK
 
 
