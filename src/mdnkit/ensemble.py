@@ -30,9 +30,8 @@ by their initial weights.  :class:`~mdnkit.MDNRegressor` trains its ensembles th
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .fast import ACTIVATIONS as FAST_ACTIVATIONS
-from .fast import FlatDiagonalNLL, nll_component_major
+from .fast import FlatDiagonalNLL, FlatParameters, nll_component_major
 from .kernels import LOG_2PI
 from .layout import DEFAULT_MIN_SCALE, HeadLayout
 from .mixture import GaussianMixture
@@ -409,7 +408,7 @@ def combine(
     return GaussianMixture(flat_logits, flat_loc, flat_scale, validate_args=False)
 
 
-class EnsembleFastStep:
+class EnsembleFastStep(FlatParameters):
     r"""The :class:`~mdnkit.fast.FastStep` of an :class:`MDNEnsemble`: the MLP step of
     :class:`~mdnkit.fast.MLPFastStep` with every matrix product batched over the members.
 
@@ -424,27 +423,14 @@ class EnsembleFastStep:
         self.model = model
         #: batches hold each member's own rows, ``x`` ``(N, M, in)`` (see :class:`MemberRows`)
         self.member_rows = member_rows
-        self.params: list[nn.Parameter] = []
+        params: list[nn.Parameter] = []
         for w, b in zip(model.weights, model.biases):
-            self.params += [w, b]
-        first = self.params[0]
-        total = sum(p.numel() for p in self.params)
-        self.flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.parameters = [self.flat]
-        self.is_attached = False
-        self._views: list[Tensor] = []
+            params += [w, b]
+        super().__init__(params)
         self.layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        o = 0
-        grads = []
-        for p in self.params:
-            n = p.numel()
-            self._views.append(self.flat.data[o : o + n].view_as(p))
-            grads.append(self.flat.grad[o : o + n].view_as(p))
-            o += n
-        for i in range(0, len(self.params), 2):
-            w, b = self._views[i], self._views[i + 1]
-            self.layers.append((w, b.unsqueeze(2), grads[i], grads[i + 1]))
+        for i in range(0, len(params), 2):
+            w, b = self.values[i], self.values[i + 1]
+            self.layers.append((w, b.unsqueeze(2), self.grads[i], self.grads[i + 1]))
         act = model.act
         self.act, self.in_place, self.act_backward = (
             FAST_ACTIVATIONS[type(act)](act) if len(self.layers) > 1 else (None, True, None)
@@ -510,33 +496,6 @@ class EnsembleFastStep:
             if i > 0:
                 g = self.act_backward(torch.bmm(w.transpose(1, 2), g), hs[i], pres[i])
         return total.mul_(-1.0 / (mm * n)).add_(self.offset)
-
-    def attach(self) -> None:
-        """Copy the parameters into :attr:`flat` and make them views of it."""
-        with torch.no_grad():
-            for p, v in zip(self.params, self._views):
-                v.copy_(p)
-                p.data = v
-        self.is_attached = True
-
-    def release(self) -> None:
-        """Give each parameter its own storage (and no gradient) again, if attached."""
-        if not self.is_attached:
-            return
-        with torch.no_grad():
-            for p in self.params:
-                p.data = p.data.clone()
-                p.grad = None
-        self.is_attached = False
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[EnsembleFastStep]:
-        """:meth:`attach` on entry, :meth:`release` on exit (whatever raised in between)."""
-        self.attach()
-        try:
-            yield self
-        finally:
-            self.release()
 
 
 def _tanh_(z: Tensor) -> Tensor:

@@ -55,7 +55,14 @@ from torch import Tensor, nn
 from .head import MDNHead
 from .kernels import EXP_FLOOR, LOG_2PI, diagonal_mixture_grad, diagonal_mixture_lse
 
-__all__ = ["FastStep", "MLPFastStep", "FlatDiagonalNLL", "flat_nll", "nll_component_major"]
+__all__ = [
+    "FastStep",
+    "FlatParameters",
+    "MLPFastStep",
+    "FlatDiagonalNLL",
+    "flat_nll",
+    "nll_component_major",
+]
 
 _aten = torch.ops.aten
 
@@ -387,7 +394,70 @@ class _NumpyStep:
         return total
 
 
-class MLPFastStep:
+class FlatParameters:
+    """Parameters made views of one flat leaf tensor :attr:`flat` (and their gradients views
+    of ``flat.grad``) between :meth:`attach` and :meth:`release`, in the order given: the
+    storage every autograd-free step writes its gradient into (:attr:`parameters` is
+    ``[flat]``, what the optimiser steps)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        first = params[0]
+        total = sum(p.numel() for p in params)
+        self.params = params
+        self.flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.parameters = [self.flat]
+        #: views of ``flat.data`` and of ``flat.grad`` shaped as the parameters
+        self.values = self.shaped(self.flat.data)
+        self.grads = self.shaped(self.flat.grad)
+        self.is_attached = False
+
+    def shaped(self, buffer: Tensor) -> list[Tensor]:
+        """Views of ``buffer`` (laid out as :attr:`flat`) shaped as the parameters."""
+        views, o = [], 0
+        for p in self.params:
+            views.append(buffer[o : o + p.numel()].view_as(p))
+            o += p.numel()
+        return views
+
+    def joined(self, buffer: Tensor, first: int, count: int, shape: tuple[int, ...]) -> Tensor:
+        """The part of ``buffer`` (laid out as :attr:`flat`: ``flat.data``, ``flat.grad`` or
+        another) that holds ``count`` consecutive parameters from index ``first``, as one
+        tensor of ``shape`` (their elements, in order)."""
+        start = sum(p.numel() for p in self.params[:first])
+        m = sum(p.numel() for p in self.params[first : first + count])
+        return buffer[start : start + m].view(shape)
+
+    def attach(self) -> None:
+        """Copy the parameters into :attr:`flat` and make them views of it."""
+        with torch.no_grad():
+            for p, v in zip(self.params, self.values):
+                v.copy_(p)
+                p.data = v
+        self.is_attached = True
+
+    def release(self) -> None:
+        """Give each parameter its own storage (and no gradient) again, if attached."""
+        if not self.is_attached:
+            return
+        with torch.no_grad():
+            for p in self.params:
+                p.data = p.data.clone()
+                p.grad = None
+        self.is_attached = False
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[Any]:
+        """:meth:`attach` on entry, :meth:`release` on exit (whatever raised in between);
+        yields ``self``."""
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+class MLPFastStep(FlatParameters):
     r"""The :class:`FastStep` of an MLP-with-head MDN (:meth:`MDN.fast_step`, module docstring).
 
     Inside :meth:`attached` (or between :meth:`attach` and :meth:`release`) the model's
@@ -409,24 +479,13 @@ class MLPFastStep:
         params: list[nn.Parameter] = []
         for lin in linears:
             params += [lin.weight, lin.bias]
-        self.params = params
+        super().__init__(params)
         first = params[0]
-        total = sum(p.numel() for p in params)
-        self.flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
-        self.flat.grad = torch.zeros_like(self.flat)
+        total = self.flat.numel()
         self.layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        o = 0
-        views = []
-        for p in params:
-            m = p.numel()
-            views.append((self.flat.data[o : o + m].view_as(p), self.flat.grad[o : o + m]))
-            o += m
-        self._views = [v for v, _ in views]
-        self.parameters = [self.flat]
-        self.is_attached = False
-        for i in range(0, len(views), 2):
-            (w, gw), (b, gb) = views[i], views[i + 1]
-            self.layers.append((w, b.unsqueeze(1), gw.view_as(w), gb))
+        for i in range(0, len(params), 2):
+            w, b = self.values[i], self.values[i + 1]
+            self.layers.append((w, b.unsqueeze(1), self.grads[i], self.grads[i + 1]))
         self.head = model.head
         # the hidden layers' activation module (none without hidden layers)
         act = next((m for m in model.body if not isinstance(m, nn.Linear)), nn.Identity())
@@ -504,30 +563,3 @@ class MLPFastStep:
             if i > 0:
                 g = self.act_backward(torch.mm(w.t(), g), hs[i], pres[i])
         return total.mul_(-1.0 / n).add_(self.offset)
-
-    def attach(self) -> None:
-        """Copy the parameters into :attr:`flat` and make them views of it."""
-        with torch.no_grad():
-            for p, v in zip(self.params, self._views):
-                v.copy_(p)
-                p.data = v
-        self.is_attached = True
-
-    def release(self) -> None:
-        """Give each parameter its own storage (and no gradient) again, if attached."""
-        if not self.is_attached:
-            return
-        with torch.no_grad():
-            for p in self.params:
-                p.data = p.data.clone()
-                p.grad = None
-        self.is_attached = False
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[MLPFastStep]:
-        """:meth:`attach` on entry, :meth:`release` on exit (whatever raised in between)."""
-        self.attach()
-        try:
-            yield self
-        finally:
-            self.release()
