@@ -59,6 +59,8 @@ def model_file(workdir, data_csv):
             "x",
             "--y",
             "2",
+            "--ensemble",
+            "1",  # one MDN: the tests below count its parameters (ensembles: test_cli_ensemble)
             "--hidden",
             "16",
             "--components",
@@ -461,7 +463,8 @@ def test_progress_bar_says_why_early_stopping_ended_the_run(capsys, tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "noise.csv"
     write_csv(data, ["x", "y"], rng.normal(size=(200, 2)))  # y independent of x
-    argv = ["fit", data, "--x", "x", "--y", "y", "--hidden", "8", "--patience", 2, "--seed", 0]
+    argv = ["fit", data, "--x", "x", "--y", "y", "--hidden", "8", "--patience", 2, "--seed", 0,
+            "--epochs", 200]  # fmt: skip
     code, stdout, err = _run(capsys, *argv, "--progress", "-o", tmp_path / "a.mdn")
     assert code == 0, err
     from mdnkit.io import load_metadata

@@ -433,7 +433,9 @@ def good(tmp_path_factory) -> dict[str, Path]:
     data = folder / "data.csv"
     write_csv(data, ["noise", "x", "y"], np.hstack([noise, x, y]).astype(np.float64))
     model = folder / "model.mdn"
+    # one MDN (--ensemble 1): the cases below edit its tensors by name
     argv = ["fit", str(data), "--x", "x", "--y", "y", "--hidden", "8", "--components", "2"]
+    argv += ["--ensemble", "1"]
     assert main([*argv, "--epochs", "2", "-o", str(model)]) == 0
     return {"data": data, "model": model}
 

@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import fields
 
 import pytest
 
@@ -33,27 +32,30 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def _library() -> dict[tuple[str, str], str]:
     """(command, option) -> the default the library declares, as the help should show it; read
-    by importing the library (the help reads the source without importing it)."""
-    from mdnkit.layout import DEFAULT_MIN_SCALE
+    by importing the library (the help reads the source without importing it).  ``fit`` trains
+    what ``MDNRegressor()`` trains: its defaults."""
+    from mdnkit.estimator import MDNRegressor
     from mdnkit.metrics import ScoreSums
     from mdnkit.mixture import GaussianMixture
-    from mdnkit.models import MDN
-    from mdnkit.training import FitSettings
 
-    fit = {f.name: f.default for f in fields(FitSettings)}
-    mdn = {k: p.default for k, p in inspect.signature(MDN).parameters.items()}
+    est = {k: p.default for k, p in inspect.signature(MDNRegressor).parameters.items()}
     sample = inspect.signature(GaussianMixture.sample).parameters
+    fit = {
+        "--epochs": "epochs",
+        "--lr": "lr",
+        "--batch-size": "batch_size",
+        "--patience": "patience",
+        "--validation-split": "validation_split",
+        "--components": "num_components",
+        "--ensemble": "n_estimators",
+        "--covariance": "covariance",
+        "--activation": "activation",
+        "--min-scale": "min_scale",
+        "--target-resolution": "target_resolution",
+    }
     return {
-        ("fit", "--epochs"): str(fit["epochs"]),
-        ("fit", "--lr"): str(fit["lr"]),
-        ("fit", "--batch-size"): str(fit["batch_size"]),
-        ("fit", "--patience"): str(fit["patience"]),
-        ("fit", "--validation-split"): str(fit["validation_split"]),
-        ("fit", "--components"): str(mdn["num_components"]),
-        ("fit", "--hidden"): ",".join(map(str, mdn["hidden"])),
-        ("fit", "--covariance"): mdn["covariance"],
-        ("fit", "--activation"): mdn["activation"],
-        ("fit", "--min-scale"): str(DEFAULT_MIN_SCALE),
+        **{("fit", option): str(est[name]) for option, name in fit.items()},
+        ("fit", "--hidden"): ",".join(map(str, est["hidden"])),
         ("eval", "--coverage"): str(inspect.signature(ScoreSums).parameters["coverage"].default),
         ("sample", "--temperature"): str(sample["temperature"].default),
         ("sample", "--sigma-temperature"): str(sample["sigma_temperature"].default),
@@ -89,11 +91,13 @@ def test_every_library_default_is_read_from_the_source(monkeypatch):
 
 
 def test_the_command_uses_the_defaults_its_help_shows(tmp_path, capsys):
-    """A fit without options trains with the library's settings: the model's configuration
-    holds MDN's defaults, and the patience shown is the one that stopped it."""
+    """A fit without options trains with the library's settings (MDNRegressor's): the model's
+    configuration holds its defaults, the budget is training_budget's for the training rows,
+    and the patience it resolved to is the one that stopped it."""
     import numpy as np
 
     from mdnkit.datasets import write_csv
+    from mdnkit.estimator import MDNRegressor, training_budget
     from mdnkit.io import load, load_metadata
 
     rng = np.random.default_rng(0)
@@ -102,13 +106,21 @@ def test_the_command_uses_the_defaults_its_help_shows(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "d.csv"), "--x", "x", "--y", "y", "-o", str(out)]) == 0
     config = load(out).config()
     lib = _library()
-    assert config["num_components"] == int(lib[("fit", "--components")])
+    if lib[("fit", "--components")] != "auto":
+        assert config["num_components"] == int(lib[("fit", "--components")])
+    assert config.get("n_members", 1) == int(lib[("fit", "--ensemble")])
     assert ",".join(map(str, config["hidden"])) == lib[("fit", "--hidden")]
-    assert config["min_scale"] == float(lib[("fit", "--min-scale")])
-    h = load_metadata(out)["history"]
-    if h["stopped_early"]:  # noise: the validation NLL stops improving long before 200 epochs
-        assert len(h["train_nll"]) - 1 - h["best_epoch"] == int(lib[("fit", "--patience")])
-    assert len(h["train_nll"]) <= int(lib[("fit", "--epochs")])
+    assert config["activation"] == lib[("fit", "--activation")]
+    assert config["min_scale"] == float(lib[("fit", "--min-scale")])  # continuous: no floor
+    meta = load_metadata(out)
+    n_train = 80 - round(80 * float(lib[("fit", "--validation-split")]))
+    est = {k: p.default for k, p in inspect.signature(MDNRegressor).parameters.items()}
+    budget = training_budget(n_train, est["epochs"], est["batch_size"], est["patience"])
+    assert meta["budget"] == budget._asdict()
+    h = meta["history"]
+    if h["stopped_early"]:  # noise: the validation NLL stops improving long before the end
+        assert len(h["train_nll"]) - 1 - h["best_epoch"] == budget.patience
+    assert len(h["train_nll"]) <= budget.epochs
     capsys.readouterr()
 
 

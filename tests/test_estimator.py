@@ -226,14 +226,14 @@ def test_errors():
 
 
 def test_training_budget_sizes_batches_epochs_and_patience_from_the_rows():
-    # about 32 batches an epoch (32 to 128 rows); 10 000 steps or 10^6 rows; patience 2 000
+    # about 32 batches an epoch (32 to 128 rows); 5 000 steps or 10^6 rows; patience 1 000
     # steps or 200 000 rows, at least 20 epochs
-    assert training_budget(250) == TrainingBudget(epochs=1250, batch_size=32, patience=250)
-    assert training_budget(2000) == TrainingBudget(epochs=304, batch_size=62, patience=61)
-    assert training_budget(100_000) == TrainingBudget(epochs=10, batch_size=128, patience=20)
-    assert training_budget(8000) == TrainingBudget(epochs=125, batch_size=128, patience=25)
+    assert training_budget(250) == TrainingBudget(epochs=625, batch_size=32, patience=125)
+    assert training_budget(2000) == TrainingBudget(epochs=152, batch_size=62, patience=31)
+    assert training_budget(100_000) == TrainingBudget(epochs=7, batch_size=128, patience=20)
+    assert training_budget(8000) == TrainingBudget(epochs=80, batch_size=128, patience=20)
     assert training_budget(250, epochs=7, batch_size=10, patience=None) == (7, 10, None)
-    assert training_budget(250, batch_size=50) == (2000, 50, 400)
+    assert training_budget(250, batch_size=50) == (1000, 50, 200)
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         training_budget(250, epochs=0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

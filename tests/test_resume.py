@@ -4,6 +4,7 @@ checkpoint file (safetensors + JSON, the best model inside); ``prepare="auto"``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mdnkit import io
 from mdnkit.cli import main
 from mdnkit.datasets import inverted_sine, write_csv
+from mdnkit.ensemble import MDNEnsemble
+from mdnkit.estimator import MDNRegressor
 from mdnkit.models import MDN
 from mdnkit.training import TrainingInterrupted, fit, is_trained
 
@@ -289,7 +292,9 @@ def test_cli_sigint_and_sigterm_write_checkpoint_and_model(csv_file, capsys):
         model = io.load(out)
         assert io.load_metadata(out)["x_columns"] == ["x"]
         assert io.load_checkpoint(ckpt)[1]["epoch"] >= 1
-        assert isinstance(model, MDN)
+        # the command's default network: MDNRegressor's (an ensemble of its n_estimators)
+        members = inspect.signature(MDNRegressor).parameters["n_estimators"].default
+        assert isinstance(model, MDNEnsemble if members > 1 else MDN)
     ckpt, out, _ = procs[signal.SIGINT]
     epochs = io.load_checkpoint(ckpt)[1]["epoch"] + 2  # resume in-process, two more epochs
     argv = ["fit", csv_file, "--x", "x", "--y", "y", "--epochs", epochs, "--patience", "5000",

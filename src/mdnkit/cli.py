@@ -3,15 +3,15 @@
 ::
 
     mdnkit demo [--out DIR] [--seed N]
-    mdnkit fit DATA.csv --x COLS --y COLS [--hidden 64,64] [--components 5] ... -o MODEL
+    mdnkit fit DATA.csv --x COLS --y COLS [--ensemble N] [--components K|auto] ... -o MODEL
     mdnkit eval MODEL DATA.csv [--json]
     mdnkit sample MODEL DATA.csv -n N [--temperature T] [--sigma-temperature S] -o OUT.csv
     mdnkit plot MODEL [DATA.csv] -o FIG.png
     mdnkit info MODEL [--history] [--json]
     mdnkit export MODEL -o FILE.onnx
 
-``mdnkit COMMAND --help`` shows every option with its default (the library's, for the network
-and training settings) and examples; ``--help`` and option errors never import torch (the
+``mdnkit COMMAND --help`` shows every option with its default (the library's: ``fit`` trains
+what ``MDNRegressor()`` trains, with its defaults) and examples; ``--help`` and option errors never import torch (the
 commands import what they need when they run).  CSV files have a header row; columns are given
 by name or 0-based position (``--x a,b``, ``--y 2``).  ``fit`` stores the column names and the
 training history in the model file, so ``eval``, ``sample`` and ``plot`` find the columns again
@@ -105,6 +105,28 @@ _fraction = _float_in(0.0, 1.0, False, True, "a number in [0, 1)")
 _coverage = _float_in(0.0, 1.0, True, True, "a number in (0, 1)")
 
 
+def _or_words(parse, *words: str, what: str):
+    """An option type: one of ``words`` (``"auto"``, ``"none"``; the command reads ``"none"``
+    as None, which the parser keeps for "not given") or what ``parse`` reads; the error names
+    every accepted form."""
+
+    def read(text: str):
+        word = text.strip().lower()
+        if word in words:
+            return word
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+
+    return read
+
+
+_int_or_auto = _or_words(_positive_int, "auto", what="a positive integer or auto")
+_patience = _or_words(_positive_int, "auto", "none", what="a positive integer, auto or none")
+_resolution = _or_words(_positive_float, "auto", "none", what="a positive number, auto or none")
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     if text.strip() in ("", "none", "0"):
         return ()
@@ -134,17 +156,23 @@ def _columns(text: str) -> list[str]:
 #: help shows the value read from the module's source (:func:`_declared_default`: torch is not
 #: imported), and :func:`_library_defaults` sets it before the command runs.
 _LIBRARY_DEFAULTS: dict[str, dict[str, tuple[str, str, str]]] = {
+    # fit trains what MDNRegressor() trains: its defaults, read from its signature
     "fit": {
-        "hidden": ("models", "MDN", "hidden"),
-        "components": ("models", "MDN", "num_components"),
-        "covariance": ("models", "MDN", "covariance"),
-        "activation": ("models", "MDN", "activation"),
-        "min_scale": ("models", "MDN", "min_scale"),
-        "epochs": ("training", "FitSettings", "epochs"),
-        "lr": ("training", "FitSettings", "lr"),
-        "batch_size": ("training", "FitSettings", "batch_size"),
-        "patience": ("training", "FitSettings", "patience"),
-        "validation_split": ("training", "FitSettings", "validation_split"),
+        dest: ("estimator", "MDNRegressor", param)
+        for dest, param in (
+            ("hidden", "hidden"),
+            ("components", "num_components"),
+            ("covariance", "covariance"),
+            ("activation", "activation"),
+            ("min_scale", "min_scale"),
+            ("ensemble", "n_estimators"),
+            ("epochs", "epochs"),
+            ("lr", "lr"),
+            ("batch_size", "batch_size"),
+            ("patience", "patience"),
+            ("validation_split", "validation_split"),
+            ("target_resolution", "target_resolution"),
+        )
     },
     "eval": {"coverage": ("metrics", "ScoreSums", "coverage")},
     "sample": {
@@ -288,6 +316,19 @@ def _literal(module: str, node) -> Any:
     raise LookupError(f"mdnkit.{module}: no constant {node.id}")
 
 
+def _declared_constant(module: str, name: str) -> Any:
+    """The module constant ``mdnkit.<module>.<name>``, read from the source as
+    :func:`_declared_default` reads a default (imported when the source does not say)."""
+    import ast
+
+    try:
+        return _literal(module, ast.Name(id=name))
+    except (ValueError, TypeError, SyntaxError, LookupError):
+        import importlib
+
+        return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 def _library_defaults(args: argparse.Namespace) -> None:
     """Set the options of :data:`_LIBRARY_DEFAULTS` that were not given to the library's
     defaults (importing the modules that declare them)."""
@@ -392,13 +433,17 @@ def _fit_parser(sub) -> None:
     f = _command(
         sub,
         "fit",
-        "train an MDN on columns of a CSV file",
-        "Train an MDN on columns of a CSV file and save it, with the column names, to MODEL.  "
+        "train an MDN (by default a deep ensemble of them) on columns of a CSV file",
+        "Train a mixture density network on columns of a CSV file and save it, with the "
+        "column names, to MODEL: by default what MDNRegressor() trains, a deep ensemble of "
+        "--ensemble MDNs, each on rows of its own, predicting their equal-weight mixture.  "
         "The file must have a header row of column names and be comma-separated.  A "
         "--validation-split of the rows is held out: training stops after --patience epochs "
         "without a better validation NLL and keeps the best epoch's weights.",
         "ccpp.csv --x AT,V,AP,RH --y PE -o ccpp.mdn",
-        "data.csv --x 0,1 --y 2 --components 10 --epochs 500 --patience 50 -o model.mdn",
+        "data.csv --x 0,1 --y 2 --components auto --ensemble 10 -o model.mdn",
+        "data.csv --x 0,1 --y 2 --ensemble 1 --components 10 --epochs 500 --patience 50 "
+        "-o model.mdn",
         "big.csv --x x --y y --checkpoint run.ckpt --resume -o model.mdn",
     )
     f.add_argument("data", metavar="DATA.csv", help="a comma-separated file with a header row")
@@ -416,25 +461,67 @@ def _fit_parser(sub) -> None:
         metavar="COLS",
         help="target columns: names or positions",
     )
-    lib = functools.partial(_library_option, f, "fit")
+    _fit_library_options(functools.partial(_library_option, f, "fit"))
+    f.add_argument("--seed", type=_int, default=0, help="seed of the weights, split and batches")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file")
+    _checkpoint_arguments(f)
+    _progress_arguments(f)
+
+
+def _fit_library_options(lib) -> None:
+    """``fit``'s options whose defaults are MDNRegressor's (``lib`` adds one)."""
     lib("--hidden", type=_hidden, metavar="SIZES", help="hidden layer sizes (none: no layer)")
-    lib("--components", type=_positive_int, metavar="K", help="mixture components")
+    lib(
+        "--components",
+        type=_int_or_auto,
+        metavar="K|auto",
+        help="mixture components of each network (auto: each of "
+        f"{','.join(map(str, _declared_constant('estimator', 'AUTO_COMPONENTS')))} trained, the "
+        "best validation NLL kept)",
+    )
+    lib(
+        "--ensemble",
+        type=_positive_int,
+        metavar="N",
+        help="networks in the deep ensemble, each on rows of its own, predicting their "
+        "equal-weight mixture (1: one MDN)",
+    )
     lib("--covariance", choices=get_args(CovarianceType), help="each component's covariance")
     lib("--activation", choices=get_args(Activation), help="activation of the hidden layers")
     lib("--min-scale", type=_positive_float, help="floor of the component scales (standardised)")
-    lib("--epochs", type=_positive_int, help="most epochs (early stopping may end sooner)")
+    lib(
+        "--epochs",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="most epochs (early stopping may end sooner; auto: from the number of rows)",
+    )
     lib("--lr", type=_positive_float, help="learning rate (Adam)")
-    lib("--batch-size", type=_positive_int, help="rows per optimiser step")
-    lib("--patience", type=_positive_int, help="epochs without a better NLL before stopping")
+    lib(
+        "--batch-size",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="rows per optimiser step (auto: from the number of rows)",
+    )
+    lib(
+        "--patience",
+        type=_patience,
+        metavar="N|auto|none",
+        help="epochs without a better NLL before stopping (auto: from the number of rows; "
+        "none: never stop early)",
+    )
     lib(
         "--validation-split",
         type=_fraction,
         help="fraction of the rows held out to watch (0: watch the training NLL)",
     )
-    f.add_argument("--seed", type=_int, default=0, help="seed of the weights, split and batches")
-    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file")
-    _checkpoint_arguments(f)
-    _progress_arguments(f)
+    lib(
+        "--target-resolution",
+        type=_resolution,
+        metavar="H|auto|none",
+        help="auto: a target of few values on a grid (integers, scores) gets component "
+        f"scales of at least {_declared_constant('estimator', 'RESOLUTION_FLOOR')} x its step "
+        "and a warning; H: that step; none: no floor",
+    )
 
 
 def _progress_arguments(parser: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -694,16 +781,18 @@ def _refuse_model_file(path: str, order: str) -> None:
 
 
 def _network(model: Any, path: str, command: str):
-    """The MDN inside a loaded object (an MDN, or a fitted MDNRegressor's network)."""
+    """The network inside a loaded object (an MDN or an ensemble of them; a fitted
+    MDNRegressor's network; the ensemble of a checkpoint of members on rows of their own)."""
+    from .ensemble import MDNEnsemble, MemberRows
     from .models import MDN
 
-    if isinstance(model, MDN):
+    if isinstance(model, (MDN, MDNEnsemble)):
         return model
-    inner = getattr(model, "model_", None)
-    if isinstance(inner, MDN):
+    inner = model.ensemble if isinstance(model, MemberRows) else getattr(model, "model_", None)
+    if isinstance(inner, (MDN, MDNEnsemble)):
         return inner
     raise CliError(
-        f"{path}: `{command}` needs a model made by `mdnkit fit` (an MDN), "
+        f"{path}: `{command}` needs a model made by `mdnkit fit` (an MDN or an MDNEnsemble), "
         f"found a model of class {type(model).__name__}"
     )
 
@@ -773,9 +862,11 @@ def _model_scales(net, x_idx: Sequence[int], y_idx: Sequence[int]) -> dict[int, 
 
 
 def _describe(net) -> str:
+    members = getattr(net, "n_members", None)
     return (
-        f"MDN {net.in_features} -> {net.out_features}, hidden {list(net.hidden)}, "
-        f"{net.num_components} {net.covariance} components"
+        f"{f'ensemble of {members} MDNs' if members is not None else 'MDN'} "
+        f"{net.in_features} -> {net.out_features}, hidden {list(net.hidden)}, "
+        f"{net.num_components} {net.covariance} components{' each' if members else ''}"
     )
 
 
@@ -983,22 +1074,46 @@ def _row_batches(rows, nx: int, batch_size: int | None, buffer_rows: int, seed: 
 
 
 class _TrainingRows:
-    """fit's data: ``args`` and ``options`` for :func:`mdnkit.fit`, ``n`` rows in all, and the
-    temporary files to close when training ends."""
+    """fit's data, read once: in memory (``x`` and ``y``, float32 arrays) or streamed (``train``
+    and ``val``, temporary float32 files, and ``sample``, a uniform sample of at most
+    _PREPARE_ROWS training rows as (x, y) for ``prepare``); ``n`` rows in all, ``n_train`` of
+    them trained on."""
 
-    def __init__(self, args: tuple, options: dict, n: int, files: tuple = ()) -> None:
-        self.args, self.options, self.n, self.files = args, options, n, files
+    def __init__(self, n: int, n_train: int, **parts: Any) -> None:
+        self.n, self.n_train = n, n_train
+        self.x, self.y = parts.get("x"), parts.get("y")
+        self.train, self.val, self.sample = (
+            parts.get("train"),
+            parts.get("val"),
+            parts.get("sample"),
+        )
+
+    @property
+    def streamed(self) -> bool:
+        return self.train is not None
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(inputs, targets)."""
+        x = self.sample[0] if self.streamed else self.x
+        return int(x.shape[1]), int(self.targets().shape[1])
+
+    def targets(self) -> np.ndarray:
+        """The target rows the discrete-target check and scale floor look at: every row, or
+        the sample of a streamed file."""
+        return self.sample[1] if self.streamed else self.y
 
     def close(self) -> None:
-        for f in self.files:
-            f.close()
+        for f in (self.train, self.val):
+            if f is not None:
+                f.close()
 
 
-def _streamed_rows(chunks, nx: int, args, model, folder: Path) -> _TrainingRows:
+def _streamed_rows(chunks, nx: int, args, folder: Path) -> _TrainingRows:
     """Spill the rows to two temporary float32 files (training; validation: each row with
-    probability --validation-split), prepare ``model`` on a uniform sample of at most
-    _PREPARE_ROWS training rows, and serve both as DataLoaders."""
-    from .tables import RowFile, chunk_rows, sample_rows
+    probability --validation-split) and keep a uniform sample of at most _PREPARE_ROWS training
+    rows (for ``prepare``: the standardisation and the initial components)."""
+    from .tables import RowFile, sample_rows
 
     width = None
     train = val = None
@@ -1023,21 +1138,16 @@ def _streamed_rows(chunks, nx: int, args, model, folder: Path) -> _TrainingRows:
                 f"{args.data}: {val.rows} rows leave no training rows after the validation split"
             )
         sample = _float32(sample)
-        model.prepare(np.ascontiguousarray(sample[:, :nx]), np.ascontiguousarray(sample[:, nx:]))
     except BaseException:
         for f in (train, val):
             if f is not None:
                 f.close()
         raise
-    buffer = chunk_rows()
-    options: dict[str, Any] = {"prepare": False}
-    if val.rows:
-        options["validation_data"] = _row_batches(val, nx, None, min(buffer, _EVAL_ROWS), args.seed)
-    loader = _row_batches(train, nx, args.batch_size, buffer, args.seed)
-    return _TrainingRows((loader,), options, train.rows + val.rows, (train, val))
+    xy = (np.ascontiguousarray(sample[:, :nx]), np.ascontiguousarray(sample[:, nx:]))
+    return _TrainingRows(train.rows + val.rows, train.rows, train=train, val=val, sample=xy)
 
 
-def _training_rows(table, x_idx, y_idx, args, model, folder: Path) -> _TrainingRows:
+def _training_rows(table, x_idx, y_idx, args, folder: Path) -> _TrainingRows:
     """Read the file once: in memory (arrays, as fit has always trained) when the columns take
     at most _fit_memory_bytes() as float32, else streamed (see _streamed_rows)."""
     import itertools
@@ -1050,13 +1160,14 @@ def _training_rows(table, x_idx, y_idx, args, model, folder: Path) -> _TrainingR
         held.append(block)
         rows += len(block)
         if rows > limit:
-            return _streamed_rows(itertools.chain(held, chunks), nx, args, model, folder)
+            return _streamed_rows(itertools.chain(held, chunks), nx, args, folder)
     data = _float32(np.concatenate(held))
     n = len(data)
-    if n - int(round(n * args.validation_split)) < 1:
+    n_val = int(round(n * args.validation_split))
+    if n - n_val < 1:
         raise CliError(f"{args.data}: {n} rows leave no training rows after the validation split")
     x, y = np.ascontiguousarray(data[:, :nx]), np.ascontiguousarray(data[:, nx:])
-    return _TrainingRows((x, y), {}, n)
+    return _TrainingRows(n, n - n_val if n_val >= 1 else n, x=x, y=y)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -1111,18 +1222,25 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    import torch
-
     from .distributed import is_main_process
+    from .estimator import AUTO_COMPONENTS, training_budget
     from .io import save
-    from .models import MDN
-    from .training import TrainingInterrupted, fit
+    from .training import TrainingInterrupted
 
     out = _check_output(args.output, inputs=(args.data, args.checkpoint))
     if (args.resume or args.checkpoint_every) and args.checkpoint is None:
         raise CliError("--resume and --checkpoint-every need --checkpoint FILE")
     if args.checkpoint is not None:
         _check_output(args.checkpoint, inputs=(args.data,))
+    for dest in ("patience", "target_resolution"):  # "none": the library's None
+        if getattr(args, dest) == "none":
+            setattr(args, dest, None)
+    candidates = AUTO_COMPONENTS if args.components == "auto" else (args.components,)
+    if len(candidates) > 1 and not args.validation_split > 0:
+        raise CliError(
+            "--components auto chooses by validation NLL and needs --validation-split > 0, "
+            f"found {args.validation_split:g}"
+        )
     table, x_idx, y_idx = _table_columns(
         args.data, args.x, args.y, order=" (fit reads a CSV file and writes the model to -o)"
     )
@@ -1136,58 +1254,188 @@ def _cmd_fit(args) -> int:
     settings = {
         "hidden": args.hidden,
         "activation": args.activation,
-        "num_components": args.components,
         "covariance": args.covariance,
         "min_scale": args.min_scale,
     }
-    _check_model_memory(len(x_names), len(y_names), settings)
+    _check_model_memory(len(x_names), len(y_names), settings, max(candidates), args.ensemble)
     table.check_rounding({})  # every column against its own spread
-    torch.manual_seed(args.seed)
-    model = MDN(len(x_names), len(y_names), **settings)
-    rows = _training_rows(table, x_idx, y_idx, args, model, out.parent)  # the one read
-    n = rows.n
+    rows = _training_rows(table, x_idx, y_idx, args, out.parent)  # the one read
+    columns = {"x_columns": x_names, "y_columns": y_names}
+    about = {**columns, "data": os.path.basename(args.data), "rows": rows.n}
+    done: list[tuple[float, int, Any, Any]] = []
     try:
-        history = fit(
-            model,
-            *rows.args,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            patience=args.patience,
-            validation_split=args.validation_split,
-            seed=args.seed,
-            checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every,
-            resume=True if args.resume else None,
-            progress=False if args.quiet and not args.progress else args.progress,
-            **rows.options,
-        )
+        resolution, settings["min_scale"] = _discrete_floor(args, rows.targets())
+        budget = training_budget(rows.n_train, args.epochs, args.batch_size, args.patience)
+        with _process_group(len(candidates) > 1):
+            for k in candidates:
+                _fit_candidate(k, rows, args, settings, budget, len(candidates) > 1, done)
     except TrainingInterrupted as stop:
-        columns = {"x_columns": x_names, "y_columns": y_names}
-        return _fit_interrupted(
-            stop, out, {**columns, "data": os.path.basename(args.data), "rows": n}
-        )
+        return _fit_interrupted(stop, out, about, done)
     finally:
         rows.close()
     if not is_main_process():  # data-parallel: rank 0 writes and reports
         return 0
+    _, k, model, history = min(done, key=lambda r: r[0])  # the first of equals
     metadata = {
-        "x_columns": x_names,
-        "y_columns": y_names,
-        "data": os.path.basename(args.data),
-        "rows": n,
+        **about,
         # History.as_dict(): best_epoch indexes the per-epoch lists (0-based, as in Python);
         # what is printed numbers epochs from 1
-        "history": {
-            **history.as_dict(),
-            "epochs": len(history),
-            "seconds": round(history.seconds, 3),
-        },
+        "history": _history_dict(history),
+        "budget": budget._asdict(),
+        **({"ensemble_rows": "shared" if rows.streamed else "own"} if args.ensemble > 1 else {}),
+        **({"components_scores": _scores(done)} if len(candidates) > 1 else {}),
+        **({"target_resolution": resolution} if resolution is not None else {}),
     }
     save(model, out, metadata=metadata)
     if not args.quiet:
-        print(f"trained {_describe(model)} on {n} rows {_fit_summary(history)}; saved {out}")
+        chosen = (
+            f"; K = {k} of {', '.join(map(str, candidates))} by validation NLL"
+            if len(candidates) > 1
+            else ""
+        )
+        print(
+            f"trained {_describe(model)} on {rows.n} rows {_fit_summary(history)}{chosen}; "
+            f"saved {out}"
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _process_group(several: bool):
+    """Under a data-parallel launcher (torchrun), with ``several`` runs of fit: the process
+    group joined once for all of them (each fit joins it and leaves it when it finds none, and
+    a second join of the same rendezvous does not return)."""
+    parallel = None
+    if several:
+        import torch
+
+        from .distributed import DataParallel
+
+        parallel = DataParallel.from_environment(torch.device("cpu"))
+    try:
+        yield
+    finally:
+        if parallel is not None:
+            parallel.close()
+
+
+def _fit_candidate(k: int, rows: _TrainingRows, args, settings, budget, several, done) -> None:
+    """Train the network of ``k`` components (one MDN, or an ensemble of --ensemble) and append
+    (best NLL, k, network, history) to ``done``.  Several candidates (--components auto) each
+    checkpoint to their own file, FILE.kK (so --resume continues each, the finished ones at
+    once)."""
+    from .training import fit
+
+    model, trained, data, options = _candidate(k, rows, args, settings, budget)
+    checkpoint = args.checkpoint
+    if checkpoint is not None and several:
+        checkpoint = f"{checkpoint}.k{k}"
+    if args.resume and checkpoint is not None and os.path.exists(checkpoint):
+        _check_resumed_kind(checkpoint, trained)
+    kwargs: dict[str, Any] = {
+        "epochs": budget.epochs,
+        "lr": args.lr,
+        "batch_size": budget.batch_size,
+        "patience": budget.patience,
+        "validation_split": args.validation_split,
+        # the estimator's settings that have no option: MDNRegressor's defaults
+        "weight_decay": _imported_default("estimator", "MDNRegressor", "weight_decay"),
+        "lr_schedule": _imported_default("estimator", "MDNRegressor", "lr_schedule"),
+        "seed": args.seed,
+        "checkpoint": checkpoint,
+        "checkpoint_every": args.checkpoint_every,
+        "resume": True if args.resume else None,
+        "progress": False if args.quiet and not args.progress else args.progress,
+    }
+    history = fit(trained, *data, **{**kwargs, **options})
+    done.append((history.best_nll, k, model, history))
+
+
+#: What a checkpoint's class says fit was training.
+_TRAINED_KIND = {
+    "MDN": "one MDN (--ensemble 1)",
+    "MemberRows": "an ensemble whose members train on rows of their own",
+    "MDNEnsemble": "an ensemble on shared batches (a streamed file)",
+}
+
+
+def _check_resumed_kind(checkpoint: str, trained) -> None:
+    """Refuse to resume a checkpoint of another kind of network (one MDN, an ensemble on its
+    members' rows or on shared batches) before fit compares the details."""
+    from .io import load_header, saveable_class_name
+
+    was, now = load_header(checkpoint)["class"], saveable_class_name(trained)
+    if was != now:
+        raise CliError(
+            f"{checkpoint}: written by a fit of {_TRAINED_KIND.get(was, was)}, this fit trains "
+            f"{_TRAINED_KIND.get(now, now)}: resume with the --ensemble and data it was "
+            "written with"
+        )
+
+
+def _candidate(k: int, rows: _TrainingRows, args, settings, budget):
+    """(network, what fit trains, fit's data, fit's options) for ``k`` components, the weights
+    drawn from --seed.  An ensemble in memory trains each member on rows of its own
+    (:class:`~mdnkit.ensemble.MemberRows` over :func:`~mdnkit.estimator.member_rows`, as
+    MDNRegressor does); a streamed ensemble on the shared batches, watching the ensemble's
+    NLL."""
+    import torch
+
+    from .ensemble import MDNEnsemble, MemberRows
+    from .estimator import member_rows
+    from .models import MDN
+    from .tables import chunk_rows
+
+    nx, ny = rows.widths
+    torch.manual_seed(args.seed)
+    kw = {**settings, "num_components": k}
+    if args.ensemble == 1:
+        model: Any = MDN(nx, ny, **kw)
+    else:
+        model = MDNEnsemble(nx, ny, n_members=args.ensemble, **kw)
+    if rows.streamed:
+        model.prepare(*rows.sample)
+        buffer = chunk_rows()
+        options: dict[str, Any] = {"prepare": False}
+        if rows.val.rows:
+            val = _row_batches(rows.val, nx, None, min(buffer, _EVAL_ROWS), args.seed)
+            options["validation_data"] = val
+        loader = _row_batches(rows.train, nx, budget.batch_size, buffer, args.seed)
+        return model, model, (loader,), options
+    if args.ensemble == 1:
+        return model, model, (rows.x, rows.y), {}
+    x, y = torch.from_numpy(rows.x), torch.from_numpy(rows.y)
+    train, val = member_rows(x, y, args.ensemble, args.validation_split, args.seed)
+    model.prepare(x, y)  # one standardisation, from every row
+    options = {"validation_data": val, "validation_split": 0.0}
+    return model, MemberRows(model), train, options
+
+
+def _discrete_floor(args, y: np.ndarray) -> tuple[list[float | None] | None, float]:
+    """(each target's resolution, or None when the floor is not raised; the components' scale
+    floor in standardised units) for --target-resolution, warning once when ``auto`` finds a
+    discrete target (MDNRegressor's rule: :func:`~mdnkit.estimator.target_resolution`)."""
+    from .estimator import (
+        DiscreteTargetWarning,
+        discrete_target_message,
+        scale_floor,
+        target_resolutions,
+    )
+
+    found = target_resolutions(y, args.target_resolution)
+    if found is not None and args.target_resolution == "auto":
+        message = discrete_target_message(found, "--target-resolution none", "a number")
+        warnings.warn(message, DiscreteTargetWarning, stacklevel=2)
+    return found, scale_floor(y, found, args.min_scale, args.covariance)
+
+
+def _scores(done) -> dict[str, float | None]:
+    """Each K's best validation NLL, for the model file (None: not finite)."""
+    return {str(k): (nll if math.isfinite(nll) else None) for nll, k, _, _ in done}
+
+
+def _history_dict(history) -> dict[str, Any]:
+    return {**history.as_dict(), "epochs": len(history), "seconds": round(history.seconds, 3)}
 
 
 def _fit_summary(history) -> str:
@@ -1205,35 +1453,51 @@ def _fit_summary(history) -> str:
     )
 
 
-def _check_model_memory(n_in: int, n_out: int, settings: dict[str, Any]) -> None:
-    """Refuse a network whose training state cannot be held in memory: its parameters, their
-    gradients and Adam's two moments (float32), counted on the meta device (nothing allocated)."""
+def _check_model_memory(
+    n_in: int, n_out: int, settings: dict[str, Any], components: int, members: int
+) -> None:
+    """Refuse a network whose training state cannot be held in memory: its parameters (each
+    of ``members`` networks of ``components`` components), their gradients and Adam's two
+    moments (float32), counted on the meta device (nothing allocated)."""
     import torch
 
     from .checks import fits_in_memory
     from .models import MDN
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in MDN(n_in, n_out, **settings).parameters())
+        net = MDN(n_in, n_out, num_components=components, **settings)
+        params = members * sum(p.numel() for p in net.parameters())
     try:
         fits_in_memory(f"a network of {params} parameters (to train)", 16 * params)
     except ValueError as err:
-        raise CliError(f"{err}; use fewer or smaller --hidden layers or --components") from None
+        raise CliError(
+            f"{err}; use fewer or smaller --hidden layers, fewer --components or a smaller "
+            "--ensemble"
+        ) from None
 
 
-def _fit_interrupted(stop, out: Path, metadata: dict[str, Any]) -> int:
-    """SIGINT / SIGTERM stopped ``fit``, which wrote its checkpoint: the best model so far goes
-    to the output too, one line to stderr; 130 (SIGINT) or 143 (SIGTERM)."""
+def _fit_interrupted(stop, out: Path, metadata: dict[str, Any], done: list) -> int:
+    """SIGINT / SIGTERM stopped ``fit``, which wrote its checkpoint: the best model so far (that
+    checkpoint's, or a finished candidate's of --components auto when better) goes to the
+    output too, one line to stderr; 130 (SIGINT) or 143 (SIGTERM)."""
     import signal
 
     from .distributed import is_main_process
+    from .ensemble import MemberRows
     from .io import load, load_metadata, save
 
     code = 128 + int(stop.signal)
     if not is_main_process():
         return code
-    history = load_metadata(stop.checkpoint)
-    save(load(stop.checkpoint), out, metadata={**metadata, "history": history, "interrupted": True})
+    history: dict[str, Any] = load_metadata(stop.checkpoint)
+    model = load(stop.checkpoint)
+    if isinstance(model, MemberRows):  # an ensemble whose members train on their own rows
+        model = model.ensemble
+    so_far = history.get("best_nll")
+    for nll, _, finished, h in done:
+        if so_far is None or nll < so_far:
+            so_far, model, history = nll, finished, _history_dict(h)
+    save(model, out, metadata={**metadata, "history": history, "interrupted": True})
     print(
         f"{PROG} fit: stopped by {signal.Signals(stop.signal).name} in epoch {stop.epoch + 1} "
         f"(step {stop.step}); checkpoint {stop.checkpoint}, best model so far {out}; "
@@ -1382,7 +1646,7 @@ def _cmd_info(args) -> int:
     table = _history_table(args.model, history) if args.history else []
     config = info["config"] if isinstance(info["config"], dict) else {"config": info["config"]}
     rows = [("parameters", n_params)] if n_params is not None else []
-    rows += [*config.items(), *((k, v) for k, v in meta.items() if k != "history")]
+    rows += [*config.items(), *(_meta_row(k, v, config) for k, v in meta.items() if k != "history")]
     summary = _history_rows(history)
     rows += summary if summary is not None else [("history", history)] if history else []
     width = min(16, max(len(str(k)) for k, _ in rows)) if rows else 0
@@ -1397,6 +1661,29 @@ def _cmd_info(args) -> int:
     for line in table:
         print(line)
     return 0
+
+
+def _meta_row(key: str, value: Any, config: dict[str, Any]) -> tuple[str, Any]:
+    """``info``'s row for one entry of a model file's metadata: fit's training budget and the
+    validation NLL of each K of --components auto in words, the others as they are."""
+    number = (int, float)
+    if key == "budget" and isinstance(value, dict):
+        names = {"epochs": "epochs", "batch_size": "batch", "patience": "patience"}
+        return key, ", ".join(f"{n} {value[k]}" for k, n in names.items() if k in value)
+    if key == "components_scores" and isinstance(value, dict):
+        chosen = config.get("num_components")
+        scores = [
+            f"K={k}: {v:.4f}{' (chosen)' if str(chosen) == k else ''}"
+            if isinstance(v, number) and not isinstance(v, bool)
+            else f"K={k}: {v}"
+            for k, v in sorted(value.items(), key=lambda kv: (len(kv[0]), kv[0]))
+        ]
+        return "validation NLL", ", ".join(scores)
+    if key == "target_resolution":
+        return "resolution", value
+    if key == "ensemble_rows":
+        return "member rows", value
+    return key, value
 
 
 def _info_text(value: Any) -> str:

@@ -35,6 +35,9 @@ __all__ = [
     "TrainingBudget",
     "training_budget",
     "target_resolution",
+    "target_resolutions",
+    "scale_floor",
+    "discrete_target_message",
     "member_rows",
     "AUTO_COMPONENTS",
     "AUTO_STEPS",
@@ -46,11 +49,11 @@ __all__ = [
 
 #: ``epochs="auto"``: as many epochs as make this many optimiser steps (early stopping ends
 #: most runs well before) ...
-AUTO_STEPS = 10_000
+AUTO_STEPS = 5_000
 #: ... or as see this many rows, whichever is fewer (a budget of arithmetic for large sets).
 AUTO_ROWS = 1_000_000
 #: ``patience="auto"``: this many optimiser steps without improvement ...
-AUTO_PATIENCE_STEPS = 2_000
+AUTO_PATIENCE_STEPS = 1_000
 #: ... or this many rows seen, whichever is fewer, and at least 20 epochs.
 AUTO_PATIENCE_ROWS = 200_000
 #: ``num_components="auto"``: the numbers of components tried (the lowest validation NLL wins).
@@ -86,17 +89,17 @@ def training_budget(
     * ``batch_size``: :math:`\min(128, \max(32, \lfloor n/32 \rfloor))` rows, about 32
       batches an epoch;
     * ``epochs``: :data:`AUTO_STEPS` steps or :data:`AUTO_ROWS` rows seen, whichever is fewer:
-      :math:`\min(\lceil 10^4 / b \rceil, \lceil 10^6 / n \rceil)` with
+      :math:`\min(\lceil 5000 / b \rceil, \lceil 10^6 / n \rceil)` with
       :math:`b = \lceil n / \text{batch} \rceil` batches an epoch;
     * ``patience``: :data:`AUTO_PATIENCE_STEPS` steps or :data:`AUTO_PATIENCE_ROWS` rows,
-      whichever is fewer, and at least 20 epochs: :math:`\max(20, \min(\lceil 2000 / b \rceil,
+      whichever is fewer, and at least 20 epochs: :math:`\max(20, \min(\lceil 1000 / b \rceil,
       \lceil 2 \cdot 10^5 / n \rceil))`.
 
     Example:
         >>> training_budget(250)          # a small set: 8 batches of 32 an epoch
-        TrainingBudget(epochs=1250, batch_size=32, patience=250)
+        TrainingBudget(epochs=625, batch_size=32, patience=125)
         >>> training_budget(8000)         # a large one: 63 batches of 128, 10^6 rows
-        TrainingBudget(epochs=125, batch_size=128, patience=25)
+        TrainingBudget(epochs=80, batch_size=128, patience=20)
     """
     n = max(1, int(n_rows))
     if batch_size == "auto":
@@ -144,6 +147,73 @@ def target_resolution(y: Any) -> float | None:
     if not np.allclose(units, np.round(units), rtol=0.0, atol=0.05):
         return None
     return float(f"{h:.10g}")
+
+
+def target_resolutions(
+    y: Any, setting: float | Literal["auto"] | None = "auto"
+) -> list[float | None] | None:
+    """Each output's resolution h for a ``target_resolution`` setting (``"auto"``: detected by
+    :func:`target_resolution`, None for a continuous output; a number: that h for every
+    output), or None when the scale floor is not raised (``setting=None``, or nothing found).
+
+    Example:
+        >>> target_resolutions(np.c_[np.arange(40) % 4, np.linspace(0, 1, 40)])
+        [1.0, None]
+        >>> target_resolutions(np.linspace(0, 1, 40)) is None
+        True
+    """
+    if setting is None:
+        return None
+    y2 = np.asarray(y, dtype=np.float64)
+    y2 = y2.reshape(len(y2), -1)
+    if setting != "auto":
+        h = checks.number("target_resolution", setting, low=0.0, low_open=True)
+        return [h] * y2.shape[1]
+    found = [target_resolution(y2[:, d]) for d in range(y2.shape[1])]
+    return None if all(h is None for h in found) else found
+
+
+def discrete_target_message(found: Sequence[float | None], off: str, value: str) -> str:
+    """The one warning a discrete target gets (:class:`DiscreteTargetWarning`), naming how to
+    turn the floor ``off`` and how to set a ``value`` in the caller's words."""
+    which = ", ".join(f"{h:g}" if h is not None else "continuous" for h in found)
+    return (
+        f"the target looks discrete (resolution {which}: values on a grid, few of them); "
+        f"component scales are floored at {RESOLUTION_FLOOR:g} x the resolution, so the NLL is "
+        "that of a density smoothed over each value's bin (close to the binned "
+        f"probability-mass NLL plus log(resolution)); pass {off} to fit it as continuous, or "
+        f"{value} to set the resolution"
+    )
+
+
+def scale_floor(
+    y: Any,
+    resolution: Sequence[float | None] | None,
+    min_scale: float,
+    covariance: CovarianceType = "diagonal",
+) -> float:
+    r"""The components' scale floor in standardised units: ``min_scale``, raised to
+    :data:`RESOLUTION_FLOOR` :math:`\cdot h_d / s_d` for each discrete output d (h its
+    resolution, s its standard deviation in ``y``; spherical components: the root mean
+    variance), the smallest of those when there are several.
+
+    Example:
+        >>> scale_floor(np.arange(40) % 4, [1.0], 1e-3)     # s = 1.118: 0.5 / 1.118
+        0.4472135954999579
+    """
+    floor = checks.number("min_scale", min_scale, low=0.0)
+    if resolution is None:
+        return floor
+    t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    sd = t.reshape(t.shape[0], -1).std(0, correction=0)
+    if covariance == "spherical":
+        sd = sd.square().mean().sqrt().expand_as(sd)
+    raised = [
+        RESOLUTION_FLOOR * h / float(s)
+        for h, s in zip(resolution, sd)
+        if h is not None and float(s) > 0
+    ]
+    return max(floor, min(raised)) if raised else floor
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
@@ -363,45 +433,21 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             return MDNEnsemble(self.n_features_in_, self.n_outputs_, n_members=members, **kw)
 
     def _target_resolution(self, y: np.ndarray) -> list[float | None] | None:
-        """Each output's resolution h (None: continuous), or None when every output is
-        continuous; warns once when ``target_resolution="auto"`` finds a discrete output."""
-        tr = self.target_resolution
-        if tr is None:
-            return None
-        if tr != "auto":
-            h = checks.number("target_resolution", tr, low=0.0, low_open=True)
-            return [h] * y.shape[1]
-        found = [target_resolution(y[:, d]) for d in range(y.shape[1])]
-        if all(h is None for h in found):
-            return None
-        which = ", ".join(f"{h:g}" if h is not None else "continuous" for h in found)
-        warnings.warn(
-            f"MDNRegressor: the target looks discrete (resolution {which}: values on a grid, "
-            f"few of them); component scales are floored at {RESOLUTION_FLOOR:g} x the "
-            "resolution, so the NLL is that of a density smoothed over each value's bin (close "
-            "to the binned probability-mass NLL plus log(resolution)); pass "
-            "target_resolution=None to fit it as continuous, or a number to set the resolution",
-            DiscreteTargetWarning,
-            stacklevel=3,
-        )
+        """Each output's resolution h (None: continuous), or None when the floor is not
+        raised; warns once when ``target_resolution="auto"`` finds a discrete output."""
+        found = target_resolutions(y, self.target_resolution)
+        if found is not None and self.target_resolution == "auto":
+            warnings.warn(
+                "MDNRegressor: "
+                + discrete_target_message(found, "target_resolution=None", "a number"),
+                DiscreteTargetWarning,
+                stacklevel=3,
+            )
         return found
 
     def _scale_floor(self, y: Tensor) -> float:
-        """The components' scale floor in standardised units: ``min_scale``, raised to
-        :data:`RESOLUTION_FLOOR` x h / s_y for a discrete output (the smallest such value
-        when there are several outputs)."""
-        floor = checks.number("min_scale", self.min_scale, low=0.0)
-        if self.target_resolution_ is None:
-            return floor
-        sd = y.double().std(0, correction=0)
-        if self.covariance == "spherical":
-            sd = sd.square().mean().sqrt().expand_as(sd)
-        raised = [
-            RESOLUTION_FLOOR * h / float(s)
-            for h, s in zip(self.target_resolution_, sd)
-            if h is not None and float(s) > 0
-        ]
-        return max(floor, min(raised)) if raised else floor
+        """:func:`scale_floor` of the training targets ``y`` for this estimator's settings."""
+        return scale_floor(y, self.target_resolution_, self.min_scale, self.covariance)
 
     # ------------------------------------------------------------------ prediction
     def _x(self, X: Any) -> torch.Tensor:

@@ -12,8 +12,10 @@ key                 value
 ==================  =========================================================================
 ``format``          ``"mdnkit"``
 ``format_version``  ``"1"`` (a file of a newer version is refused with a clear message)
-``class``           ``"MDN"``, ``"MDNRNN"`` or ``"MDNRegressor"``
-``config``          JSON: the object's constructor arguments (``obj.config()``)
+``class``           ``"MDN"``, ``"MDNEnsemble"``, ``"MDNRNN"``, ``"SketchVAE"``,
+                    ``"MDNRegressor"`` or ``"MemberRows"`` (a checkpoint's, see below)
+``config``          JSON: the object's constructor arguments (``obj.config()``; for
+                    ``MemberRows``, which wraps an ensemble, ``{"ensemble": its config}``)
 ``user``            JSON: the caller's ``metadata`` dict (e.g. the CSV column names)
 ``checksum``        SHA-256 over the class, version, config, user metadata, the training state
                     (when there is one) and every tensor's name, dtype, shape and bytes
@@ -88,10 +90,17 @@ _STATE_PREFIX = "@state/"  # names of a checkpoint's training-state tensors
 # class name -> (module, attribute): the only classes a file can ask for.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "MDN": ("mdnkit.models", "MDN"),
+    "MDNEnsemble": ("mdnkit.ensemble", "MDNEnsemble"),
+    "MemberRows": ("mdnkit.ensemble", "MemberRows"),
     "MDNRNN": ("mdnkit.sequence", "MDNRNN"),
     "SketchVAE": ("mdnkit.sequence", "SketchVAE"),
     "MDNRegressor": ("mdnkit.estimator", "MDNRegressor"),
 }
+#: classes that wrap one module of a registered class and have no config of their own:
+#: name -> (the attribute that holds it, its class name); the file's config is {attribute:
+#: the wrapped module's config}, and the class is built as ``cls(wrapped)`` (``MemberRows``,
+#: which ``fit`` checkpoints when an ensemble's members train on rows of their own).
+_WRAPPERS: dict[str, tuple[str, str]] = {"MemberRows": ("ensemble", "MDNEnsemble")}
 _MAX_HEADER = 100 * 1024 * 1024
 _MAX_DEPTH = 100  # how deeply the config, user metadata and training state may nest
 _MAX_VALUES = 2**18  # JSON values in a header (about 13 per tensor): bounds parsing's memory
@@ -157,7 +166,8 @@ def _state(obj: Any) -> dict[str, Tensor]:
 
 
 def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Save an :class:`~mdnkit.MDN`, :class:`~mdnkit.MDNRNN` or :class:`~mdnkit.MDNRegressor`.
+    """Save an :class:`~mdnkit.MDN`, :class:`~mdnkit.ensemble.MDNEnsemble`,
+    :class:`~mdnkit.MDNRNN` or :class:`~mdnkit.MDNRegressor`.
 
     The file holds ``obj.state_dict()`` as safetensors tensors and ``obj.config()`` plus the
     JSON-able ``metadata`` dict in the header (layout in the module docstring).  The write is
@@ -177,7 +187,7 @@ def save(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = No
 def _config_and_user(obj: Any, metadata: dict[str, Any] | None) -> tuple[str, str]:
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, found {type(metadata).__name__}")
-    cfg = obj.config()  # an unfitted estimator raises NotFittedError (a ValueError) here
+    cfg = _config(obj)  # an unfitted estimator raises NotFittedError (a ValueError) here
     try:
         config = json.dumps(cfg, sort_keys=True, allow_nan=False)
         user = json.dumps(metadata or {}, sort_keys=True, allow_nan=False)
@@ -188,6 +198,27 @@ def _config_and_user(obj: Any, metadata: dict[str, Any] | None) -> tuple[str, st
     if not user or _depth(json.loads(user)) > _MAX_DEPTH:  # what load refuses is not written
         raise ValueError(f"metadata must not nest deeper than {_MAX_DEPTH} levels")
     return config, user
+
+
+def _config(obj: Any) -> dict[str, Any]:
+    """``obj.config()``; for a wrapper (:data:`_WRAPPERS`) the wrapped module's, under its
+    attribute's name."""
+    wrapped = _WRAPPERS.get(type(obj).__name__)
+    if wrapped is not None:
+        return {wrapped[0]: getattr(obj, wrapped[0]).config()}
+    return obj.config()
+
+
+def _construct(cls: Any, name: str, config: dict[str, Any]) -> Any:
+    """The object of registered class ``cls`` (registry name ``name``) that ``config``
+    describes: ``cls(**config)``, or for a wrapper ``cls(wrapped class(**config[attribute]))``."""
+    wrapped = _WRAPPERS.get(name)
+    if wrapped is None:
+        return cls(**config)
+    attr, inner = wrapped
+    if set(config) != {attr} or not isinstance(config[attr], dict):
+        raise ValueError(f"expected a config {{{attr!r}: {{...}}}}, found keys {sorted(config)}")
+    return cls(_registered_class("the config", inner)(**config[attr]))
 
 
 def _write(
@@ -614,7 +645,7 @@ def _expected(
                 empty = {k: torch.empty(shape, dtype=dt) for k, (dt, shape) in found.items()}
                 obj = cls.from_saved(src.config, empty)
             else:
-                obj = _in_dtype(cls(**src.config), dtype)
+                obj = _in_dtype(_construct(cls, name, src.config), dtype)
             expected = {k: (v.dtype, tuple(v.shape)) for k, v in obj.state_dict().items()}
     except _OverBudget:
         raise ValueError(
@@ -671,7 +702,7 @@ def _build(src: _Source, cls: Any, name: str, dtype: torch.dtype | None) -> Any:
         if hasattr(cls, "from_saved"):
             names = _model_names(src, src.reader.keys())
             return cls.from_saved(src.config, {k: _tensor(src, k) for k in names})
-        obj = _in_dtype(cls(**src.config), dtype)
+        obj = _in_dtype(_construct(cls, name, src.config), dtype)
         with torch.no_grad():
             for key, dst in obj.state_dict().items():
                 dst.copy_(_tensor(src, key))
