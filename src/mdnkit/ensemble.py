@@ -225,7 +225,12 @@ class MDNEnsemble(nn.Module):
         x = _last_dim(x, self.in_features, self.x_mean)
         lead = x.shape[:-1]
         h = ((x - self.x_mean) / self.x_std).reshape(1, -1, self.in_features)
-        h = h.expand(self.n_members, -1, -1)
+        h = self._network(h.expand(self.n_members, -1, -1))
+        return h.reshape(self.n_members, *lead, h.shape[-1])
+
+    def _network(self, h: Tensor) -> Tensor:
+        """Every member's network on its standardised inputs ``h`` ``(M, N, in)``: ``(M, N,
+        P)``."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -233,7 +238,7 @@ class MDNEnsemble(nn.Module):
                 h = self.act(h)
                 if self.dropout > 0:
                     h = nn.functional.dropout(h, self.dropout, self.training)
-        return h.reshape(self.n_members, *lead, h.shape[-1])
+        return h
 
     def member_mixtures(self, x: Tensor) -> GaussianMixture:
         """The members' mixtures over the standardised target, batch shape ``(M, ...)``."""
@@ -295,14 +300,7 @@ class MDNEnsemble(nn.Module):
                 f"{self.in_features}), found shape {tuple(x.shape)}"
             )
         y = _target(y, x, self.out_features, self.y_mean)
-        h = ((x - self.x_mean) / self.x_std).transpose(0, 1)  # (M, N, in)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < last:
-                h = self.act(h)
-                if self.dropout > 0:
-                    h = nn.functional.dropout(h, self.dropout, self.training)
+        h = self._network(((x - self.x_mean) / self.x_std).transpose(0, 1))  # (M, N, in)
         return h, ((y - self.y_mean) / self.y_std).transpose(0, 1)
 
     def member_rows_nll(self, x: Tensor, y: Tensor) -> Tensor:
