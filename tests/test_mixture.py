@@ -849,3 +849,133 @@ def test_weights_cdf_is_the_cumulative_softmax():
     want = np.cumsum(special.softmax(logits.numpy(), -1), -1).T
     np.testing.assert_allclose((cdf / cdf[-1]).numpy(), want, rtol=1e-12, atol=1e-300)
     assert cdf[1, 2] == cdf[0, 2]  # a zero weight adds exactly nothing
+
+
+# ----------------------------------------------------------------------------- fast paths
+def _reference_draws(logits, loc, scale, shape, seed, t=1.0, s=1.0):
+    """Independent draws from the same generator stream as ``sample``: ``shape`` uniforms, then
+    ``shape + (1,)`` normals; component by inverse CDF on a float64 softmax(logits / t)
+    (searchsorted), value ``mu + sqrt(s) sigma eps``.  Returns (component, value)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, dtype=logits.dtype, generator=g).double()
+    eps = torch.randn(*shape, 1, dtype=logits.dtype, generator=g).double()
+    b = logits.shape[:-1]
+    cdf = torch.softmax(logits.double() / t, -1).cumsum(-1).expand(*shape, logits.shape[-1])
+    thr = ((1 - u) * cdf[..., -1]).unsqueeze(-1)
+    idx = (
+        torch.searchsorted(cdf.contiguous(), thr.contiguous())
+        .squeeze(-1)
+        .clamp(max=cdf.shape[-1] - 1)
+    )
+    mu = loc.double().expand(*shape, *loc.shape[len(b) :])[..., 0].gather(-1, idx[..., None])
+    sig = scale.double().expand(*shape, *scale.shape[len(b) :])[..., 0].gather(-1, idx[..., None])
+    return idx, mu + math.sqrt(s) * sig * eps
+
+
+@pytest.mark.parametrize(
+    "rows, draws, t, s",
+    [
+        (3000, (), 1.0, 1.0),  # one block, one draw a row: the shared shift, in place
+        (3000, (), 0.6, 0.25),  # temperatures: logits / T folded into the exp2
+        (70_000, (), 1.3, 1.0),  # several blocks
+        (300, (), 1.0, 1.0),  # few rows: the row-major draw
+        (900, (3,), 0.8, 2.0),  # several draws a row
+    ],
+)
+def test_1d_draws_are_the_inverse_cdf_of_the_same_uniforms_and_normals(rows, draws, t, s):
+    """Every sampling path for 1-D events (shared-shift exp2 weights, blocks, the flat ``take``
+    of the chosen mean and scale) gives, draw for draw, the inverse CDF of the very uniforms
+    and normals the generator yields, computed independently in float64."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(rows, 6, generator=g) * 2
+    loc = torch.randn(rows, 6, 1, generator=g) * 3
+    scale = torch.rand(rows, 6, 1, generator=g) + 0.2
+    m = GaussianMixture(logits, loc, scale)
+    x = m.sample(draws, temperature=t, sigma_temperature=s, generator=4)
+    shape = torch.Size(draws) + (rows,)
+    assert x.shape == shape + (1,)
+    idx, ref = _reference_draws(logits, loc, scale, shape, 4, t, s)
+    same = (x.double() - ref).abs() <= 1e-5 * (1 + ref.abs())
+    # only a uniform within rounding of a cumulative weight may pick the neighbouring component
+    assert float(same.double().mean()) > 1 - 1e-3
+
+
+def test_1d_draws_of_views_broadcast_parameters_and_batch_dims():
+    """The flat index of the 1-D path is the logical one: non-contiguous views (a head's
+    slices), parameters broadcast over the batch and several batch dimensions all give the
+    independent inverse-CDF draws."""
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randn(4, 500, 3 * 5, generator=g)  # a head's output: logits | loc | raw scale
+    logits, loc = raw[..., :5], raw[..., 5:10].unsqueeze(-1)
+    scale = torch.nn.functional.softplus(raw[..., 10:]).unsqueeze(-1) + 0.1
+    assert not loc.is_contiguous()
+    for lg, lc, sc in ((logits, loc, scale), (logits, loc[:1, :1], scale[0, 0])):
+        m = GaussianMixture(lg, lc, sc)
+        x = m.sample(generator=9)
+        shape = m.batch_shape
+        _, ref = _reference_draws(lg, lc.expand(*shape, 5, 1), sc.expand(*shape, 5, 1), shape, 9)
+        same = (x.double() - ref).abs() <= 1e-5 * (1 + ref.abs())
+        assert x.shape == (4, 500, 1) and float(same.double().mean()) > 1 - 1e-3
+
+
+def test_shifted_weights_only_where_one_shift_serves_every_row():
+    rows = torch.tensor([[0.0, -10.0], [3.0, 1.0]])
+    assert kernels.shared_shift(rows) == 3.0
+    assert kernels.shared_shift(torch.tensor([[0.0, math.nan]])) is None
+    assert kernels.shared_shift(torch.tensor([[-math.inf, -math.inf]])) is None
+    # a row far below the shift (its total under e^-40), a row far above, a NaN: not served
+    assert kernels.shifted_weights_cdf(rows, 3.0, 1.0 / 0.2) is not None  # row 0 at e^-15
+    far = torch.tensor([[0.0, -1.0], [50.0, 49.0]])
+    assert kernels.shifted_weights_cdf(far, 50.0, 1.0) is None  # row 0's total e^-50
+    assert kernels.shifted_weights_cdf(far, 50.0, 0.7) is not None  # e^-35 at T = 1 / 0.7
+    assert kernels.shifted_weights_cdf(rows, -50.0, 1.0) is None
+    assert kernels.shifted_weights_cdf(torch.tensor([[0.0, math.nan]]), 0.0, 1.0) is None
+    # masked components (-inf) weigh nothing; the weights are the softmax to rounding
+    logits = torch.randn(50, 7, dtype=torch.float64) * 3
+    logits[:, 4] = -math.inf
+    top = kernels.shared_shift(logits)
+    cdf = kernels.shifted_weights_cdf(logits, top, 1 / 1.5)
+    want = np.cumsum(special.softmax(logits.numpy() / 1.5, -1), -1).T
+    np.testing.assert_allclose((cdf / cdf[-1]).numpy(), want, rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "which, value, message",
+    [
+        ("logits", math.nan, "logits contain NaN or \\+inf"),
+        ("logits", math.inf, "logits contain NaN or \\+inf"),
+        ("loc", math.nan, "loc contains NaN or inf"),
+        ("loc", -math.inf, "loc contains NaN or inf"),
+        ("scale", 0.0, "scale must be positive and finite"),
+        ("scale", 1e-40, "scale must be positive and finite"),
+        ("scale", math.inf, "scale must be positive and finite"),
+        ("scale", math.nan, "scale must be positive and finite"),
+        ("tril_off", math.nan, "scale_tril contains NaN or inf"),
+        ("tril_diag", -1.0, "scale_tril must have a positive diagonal"),
+    ],
+)
+def test_value_checks_name_each_bad_value(which, value, message):
+    """The one-pass look at the parameters passes nothing that the detailed checks refuse."""
+    logits, loc = torch.zeros(300, 3), torch.zeros(300, 3, 2)
+    scale, tril = torch.ones(300, 3, 2), torch.eye(2).repeat(300, 3, 1, 1)
+    target = {"logits": logits, "loc": loc, "scale": scale}.get(which)
+    if target is not None:
+        target.view(-1)[417] = value
+        with pytest.raises(ValueError, match=message):
+            GaussianMixture(logits, loc, scale, validate_args=True)
+    else:
+        tril[123, 1, 1 if which == "tril_diag" else 1, 0 if which == "tril_off" else 1] = value
+        with pytest.raises(ValueError, match=message):
+            GaussianMixture(logits, loc, scale_tril=tril, validate_args=True)
+
+
+def test_value_checks_accept_good_values_whose_sums_overflow():
+    """Finite parameters whose sum overflows, and masked (-inf) components, are good values:
+    the quick look only sends them to the detailed checks."""
+    big = torch.finfo(torch.float32).max
+    logits = torch.tensor([[0.0, -math.inf, 1.0], [big, big, 0.0]])
+    loc = torch.full((2, 3, 1), big)
+    m = GaussianMixture(logits, loc, torch.full((2, 3, 1), big), validate_args=True)
+    assert m.batch_shape == (2,)
+    tril = torch.diag_embed(torch.full((2, 3, 2), big))
+    GaussianMixture(logits, torch.zeros(2, 3, 2), scale_tril=tril, validate_args=True)
