@@ -596,13 +596,39 @@ def test_fast_step_float32_agrees_with_autograd():
     assert float(diff / norm) < 5e-5
 
 
-def test_tanh_from_sigmoid_is_within_two_ulp_of_one():
-    from mdnkit.sequence.fast import tanh_
+@pytest.mark.parametrize("lengths", [(40, 40, 40), (40, 17, 33, 1, 40, 8)])
+def test_fast_lstm_forward_equals_nn_lstm_in_float32(lengths):
+    """The hand-unrolled forward (g gate through a sigmoid of -2x, the cell kept as -2c, tanh c
+    as 1 - 2 sigmoid(-2c)) gives nn.LSTM's outputs to float32 rounding, with weights large
+    enough that gates saturate and cells grow far from 0 (where a scaled variable could lose
+    precision or overflow)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
 
-    x = torch.linspace(-20, 20, 100001)
-    exact = torch.tanh(x.double())
-    got = tanh_(x.clone()).double()
-    assert float((got - exact).abs().max()) <= 2 * torch.finfo(torch.float32).eps
+    from mdnkit.sequence.fast import PackedBatch, Workspace, lstm_forward, lstm_weights
+
+    torch.manual_seed(3)
+    hs, width = 16, 3
+    lstm = torch.nn.LSTM(width, hs, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(8.0)
+        lstm.bias_ih_l0[: 3 * hs].add_(12.0)  # i, f, g near 1 for most units: c grows with t
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(lengths), width)
+    ref = lstm(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))[0].data
+    ones = torch.ones(*x.shape[:2], 1)
+    batch = PackedBatch.pack(torch.cat([x, ones], -1), lens)
+    n, first = batch.rows.shape[0], batch.sizes[0]
+    hx = torch.zeros(n + first, hs + width + 1)
+    hx[:n, hs:] = batch.rows
+    w = lstm_weights(
+        *(p.detach() for p in lstm.parameters()), out=torch.empty(hs + width + 1, 4 * hs)
+    )
+    _, out = lstm_forward(hx, w, batch, Workspace())
+    with torch.no_grad():  # the cells do grow large: |c| in the tens
+        _, (_, c_last) = lstm(x[:, : max(lengths)])
+    assert float(c_last.abs().max()) > 20
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,14 @@ as little else as it can:
   :math:`[W_{hh}^\top; W_{ih}^\top; b]` give the gates (the input projection and the biases
   inside the recurrent product), :math:`\bar a_t W_{hh}` the recurrent gradient, and one
   product over all events every weight and bias gradient of a layer;
-* **few elementwise kernels**: one sigmoid for all four gates (the ``g`` gate's weights
-  doubled, :math:`\tanh x = 2\sigma(2x) - 1`: ``torch.tanh`` is several times slower than
-  ``torch.sigmoid`` on the CPU), and in the backward pass one sigmoid derivative for all four
-  gates, of factors the forward pass kept;
+* **few elementwise kernels**: one sigmoid for all four gates (the ``g`` gate's weights times
+  :math:`-2`, :math:`\tanh x = 1 - 2\sigma(-2x)`: ``torch.tanh`` is several times slower than
+  ``torch.sigmoid`` on the CPU) and the cell kept as :math:`C = -2c`, so that a step's cell,
+  :math:`\tanh c` and output take five more kernels, one of them a sigmoid (none with a
+  Python number wrapped into a tensor, which costs as much as the kernel at these sizes); in
+  the backward pass one sigmoid derivative for all four gates, the constants of the scaled
+  cell and gate left out of the per-step kernels and put into the weights the gradient is
+  multiplied by (:data:`GRADIENT_SHORTFALL`);
 * **the head and the loss fused**: the mixture head and the pen logits are one product
   ``(P, N)`` in the component-major layout of :func:`~mdnkit.fast.nll_component_major`, which
   forms the loss and its gradient in one pass (the pen cross-entropy's gradient is
@@ -31,9 +35,10 @@ With gates :math:`[i, f, g, o]` (sigmoid, sigmoid, tanh, sigmoid of the pre-acti
 :math:`\bar c_t = \bar c_{t+1} f_{t+1} + \bar h_t\, o (1 - \tanh^2 c_t)` and the
 pre-activation gradients :math:`\bar c\, g\, i(1-i)`, :math:`\bar c\, c_{t-1} f(1-f)`,
 :math:`\bar c\, i (1-g^2)`, :math:`\bar h \tanh c_t\; o(1-o)`, with
-:math:`\bar h_{t-1} \mathrel{+}= \bar a_t W_{hh}`.  The loss and every gradient equal autograd's
-on :meth:`MDNRNN.loss <mdnkit.MDNRNN.loss>`: to 1e-9 in float64; in float32 they differ by
-rounding (tested to 5e-5 of the gradient's norm).
+:math:`\bar h_{t-1} \mathrel{+}= \bar a_t W_{hh}` (:func:`lstm_forward` and
+:func:`lstm_backward` give the same in the scaled variables they keep).  The loss and every
+gradient equal autograd's on :meth:`MDNRNN.loss <mdnkit.MDNRNN.loss>`: to 1e-9 in float64; in
+float32 they differ by rounding (tested to 5e-5 of the gradient's norm).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..fast import nll_component_major
+from ..fast import FlatParameters, nll_component_major
 from ..kernels import LOG_2PI
 
 if TYPE_CHECKING:
@@ -85,15 +90,6 @@ class PackedBatch:
         return cls(packed.data, packed.batch_sizes.tolist())
 
 
-def tanh_(x: Tensor, doubled: bool = False) -> Tensor:
-    r""":math:`\tanh x` in place, as :math:`2\sigma(2x) - 1` (``doubled``: ``x`` already holds
-    :math:`2x`): within 2 units in the last place of 1 of ``torch.tanh``, and on the CPU (where
-    ``torch.tanh`` is several times slower than ``torch.sigmoid``) about twice as fast."""
-    if not doubled:
-        x.mul_(2.0)
-    return x.sigmoid_().mul_(2.0).sub_(1.0)
-
-
 class Workspace:
     """Buffers kept from batch to batch: a step asks for the same ones every batch, and fresh
     allocations of several megabytes would each be paid for in page faults."""
@@ -128,168 +124,153 @@ class Workspace:
         return kept[1]
 
 
+#: per gate block ``[i, f, g, o]``: the factor :func:`lstm_weights` puts on the columns of
+#: ``wcat`` (the ``g`` gate's pre-activation is :math:`z = -2 x_g`), and the factor by which
+#: :func:`lstm_backward`'s gradients of the pre-activations are short of the true ones
+COLUMN_SCALE = (1.0, 1.0, -2.0, 1.0)
+GRADIENT_SHORTFALL = (-2.0, 1.0, 4.0, 1.0)
+
+
+def lstm_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, out: Tensor) -> Tensor:
+    r"""``out`` ``(H + I + 1, 4H)`` :math:`= [W_{hh}^\top; W_{ih}^\top; b_{ih} + b_{hh}]`, the
+    ``g`` gate's columns times :math:`-2` (:data:`COLUMN_SCALE`): the ``wcat`` of
+    :func:`lstm_forward`."""
+    hs = w_hh.shape[1]
+    out[:hs].copy_(w_hh.t())
+    out[hs:-1].copy_(w_ih.t())
+    torch.add(b_ih, b_hh, out=out[-1])
+    out[:, 2 * hs : 3 * hs].mul_(COLUMN_SCALE[2])
+    return out
+
+
 def lstm_forward(
     hx: Tensor, wcat: Tensor, batch: PackedBatch, space: Workspace, layer: int = 0
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
     r"""Run one LSTM layer over packed rows from a zero state.
 
     ``hx`` ``(N + n_0, H + I + 1)``: row block :math:`t` (``batch``'s offsets and sizes) is
     :math:`[h_{t-1} \mid x_t \mid 1]`, the inputs and ones filled in and :math:`h_{-1} = 0`;
     the outputs :math:`h_t` are written into its first ``H`` columns as the steps run.
-    ``wcat`` ``(H + I + 1, 4H)`` is :math:`[W_{hh}^\top; W_{ih}^\top; b_{ih} + b_{hh}]` with the
-    ``g`` gate's columns doubled, so one product per step gives the gates' pre-activations
-    :math:`(x_i, x_f, 2 x_g, x_o)` and one sigmoid their values :math:`(i, f, s, o)`, with
-    :math:`g = \tanh x_g = 2 s - 1`.
+    ``wcat`` (:func:`lstm_weights`) gives in one product per step the pre-activations
+    :math:`(x_i, x_f, z, x_o)` with :math:`z = -2 x_g`, and one sigmoid their values
+    :math:`(i, f, s, o)`: :math:`g = \tanh x_g = 1 - 2s`.  The cell is kept as
+    :math:`C = -2c`, so that
 
-    Returns (``space``'s buffers for ``layer``) the sigmoids ``(N, 4H)``; per row
-    :math:`[g, c_{t-1}, 2i]` ``(N + n_0, 3, H)`` (the factors :func:`lstm_backward` multiplies
-    the cell's gradient by); :math:`\tanh c` and the outputs :math:`h` ``(N, H)`` (the
-    outputs may be a view of ``hx``)."""
+    .. math::
+
+        C_t = f\, C_{t-1} + 4 i s - 2 i, \qquad u_t = \sigma(C_t), \qquad
+        h_t = o \tanh c_t = o - 2 o u_t
+
+    (:math:`\tanh c = 1 - 2\sigma(-2c)`): six elementwise kernels per step, two of them
+    sigmoids, none with a Python number that would be wrapped into a tensor.
+
+    Returns ``state`` (``space``'s buffers for ``layer``): the sigmoids ``(N, 4H)``, the cells
+    ``(N + n_0, H)`` (row block :math:`t` holds :math:`C_{t-1}`) and :math:`u` ``(N, H)``; and
+    the outputs :math:`h` ``(N, H)`` (a view of ``hx`` when every sequence is as long as the
+    longest)."""
     hs, n_all, first = wcat.shape[1] // 4, hx.shape[0] - batch.sizes[0], batch.sizes[0]
     gates = space.take(f"gates{layer}", (n_all, 4 * hs), hx)
-    factors = space.take(f"factors{layer}", (n_all + first, 3, hs), hx)
-    tanh_c = space.take(f"tanh_c{layer}", (n_all, hs), hx)
+    cells = space.take(f"cells{layer}", (n_all + first, hs), hx)
+    us = space.take(f"u{layer}", (n_all, hs), hx)
     # every sequence as long as the longest: h_t is the next block's first columns already
     out = hx[first:, :hs] if batch.uniform else space.take(f"h{layer}", (n_all, hs), hx)
-    factors[:first, 1].zero_()  # c_{-1}
-    buffers = (hx, gates, factors, tanh_c, out)
+    cells[:first].zero_()  # C_{-1}
+    buffers = (hx, gates, cells, us, out)
     key = tuple(v.data_ptr() for v in buffers) + tuple(batch.sizes)
     steps = space.views(f"forward{layer}", key, lambda: [
         _forward_views(t, buffers, batch) for t in range(len(batch.sizes))
     ])  # fmt: skip
-    for x, a, s_g, m0, i, m2, c, f, c_prev, tc, o_gate, h, copy_to in steps:
-        torch.mm(x, wcat, out=a)
+    mm, mul, addcmul, sigmoid = torch.mm, torch.mul, torch.addcmul, torch.sigmoid
+    for x, a, i, f, s, o, c_prev, c, u, h, copy_to in steps:
+        mm(x, wcat, out=a)
         a.sigmoid_()
-        g = torch.mul(s_g, 2.0, out=m0).sub_(1.0)
-        torch.mul(i, 2.0, out=m2)
-        # c_t goes where step t + 1 reads c_{t-1}: rows past that block's (sequences that
+        # C_t goes where step t + 1 reads C_{t-1}: rows past that block's (sequences that
         # have ended) spill into the next blocks, which are written again before being read
-        torch.mul(i, g, out=c).addcmul_(f, c_prev)
-        tanh_(torch.mul(c, 2.0, out=tc), doubled=True)
-        torch.mul(o_gate, tc, out=h)
+        mul(f, c_prev, out=c).addcmul_(i, s, value=4.0).add_(i, alpha=-2.0)
+        sigmoid(c, out=u)
+        addcmul(o, o, u, value=-2.0, out=h)
         if copy_to is not None:
             copy_to.copy_(h[: copy_to.shape[0]])
-    return gates, factors, tanh_c, out
+    return (gates, cells, us), out
 
 
 def _forward_views(t: int, buffers: tuple[Tensor, ...], batch: PackedBatch) -> tuple:
     """The views :func:`lstm_forward`'s step ``t`` works on (made once per batch shape)."""
-    hx, gates, factors, tanh_c, out = buffers
-    hs = tanh_c.shape[1]
+    hx, gates, cells, us, out = buffers
+    hs = us.shape[1]
     o, n = batch.offsets[t], batch.sizes[t]
-    a, m = gates[o : o + n], factors[o : o + n]
+    a = gates[o : o + n]
     copy_to = None
     if not batch.uniform and t + 1 < len(batch.sizes):
         nxt, n_next = batch.offsets[t + 1], batch.sizes[t + 1]
         copy_to = hx[nxt : nxt + n_next, :hs]
     return (
-        hx[o : o + n], a, a[:, 2 * hs : 3 * hs], m[:, 0], a[:, :hs], m[:, 2],
-        factors[o + n : o + 2 * n, 1], a[:, hs : 2 * hs], m[:, 1], tanh_c[o : o + n],
-        a[:, 3 * hs :], out[o : o + n], copy_to,
+        hx[o : o + n], a, a[:, :hs], a[:, hs : 2 * hs], a[:, 2 * hs : 3 * hs], a[:, 3 * hs :],
+        cells[o : o + n], cells[o + n : o + 2 * n], us[o : o + n], out[o : o + n], copy_to,
     )  # fmt: skip
 
 
 def lstm_backward(
-    gates: Tensor,
-    factors: Tensor,
-    tanh_c: Tensor,
+    state: tuple[Tensor, Tensor, Tensor],
     d_out: Tensor,
-    wcat: Tensor,
+    w_back: Tensor,
     batch: PackedBatch,
     space: Workspace,
     layer: int = 0,
 ) -> Tensor:
-    r"""Back-propagate through one LSTM layer (:func:`lstm_forward`'s values and ``wcat``):
-    ``d_out`` ``(N, H)``, the loss's gradient with respect to every output from above, gets the
-    recurrent contributions added in place.  Returns the gradients of the pre-activations
-    :math:`(x_i, x_f, 2 x_g, x_o)` ``(N, 4H)`` (a ``space`` buffer): per step one sigmoid
-    derivative over all four gates, of :math:`(\bar c\, g, \bar c\, c_{t-1}, \bar c\, 2i,
-    \bar h \tanh c)`."""
-    hs, first = tanh_c.shape[1], batch.sizes[0]
-    d_gates = space.take("d_gates", tuple(gates.shape), gates)
-    d_cell = space.take("d_cell", (first, hs), gates).zero_()  # rows past a step's stay 0
-    d_act = space.take("d_act", (first, 4 * hs), gates)
-    scratch = space.take("scratch", (first, hs), gates)
-    w_back = wcat[:hs].t()
-    sig_back, tanh_back = _aten.sigmoid_backward.grad_input, _aten.tanh_backward.grad_input
-    buffers = (gates, factors, tanh_c, d_out, d_gates, d_cell, d_act, scratch)
+    r"""Back-propagate through one LSTM layer (:func:`lstm_forward`'s ``state``): ``d_out``
+    ``(N, H)``, the loss's gradient with respect to every output from above, gets the
+    recurrent contributions added in place.  ``w_back`` ``(4H, H)`` is ``wcat``'s first ``H``
+    rows transposed, each gate's rows times its :data:`GRADIENT_SHORTFALL`.  Returns the
+    gradients of the pre-activations :math:`(x_i, x_f, z, x_o)` ``(N, 4H)``, each gate's
+    :data:`GRADIENT_SHORTFALL` times too small, written over the sigmoids of ``state`` (read
+    for the last time as they are overwritten: a smaller working set than a buffer of their
+    own).
+
+    With :math:`e = \partial L/\partial C` (:math:`C = -2c`) carried back as
+    :math:`e_t = f_{t+1} e_{t+1} - 2 \bar h_t\, o\, u (1 - u)`, the sigmoids' gradients are
+    :math:`-2 e g`, :math:`e\, C_{t-1}`, :math:`4 e\, i` and :math:`\bar h (1 - 2u) = \bar h
+    \tanh c`; one sigmoid derivative over the four, and :math:`\bar h_{t-1} \mathrel{+}= \bar
+    a_t W`: eight elementwise kernels and one product per step."""
+    gates, cells, us = state
+    hs, first = us.shape[1], batch.sizes[0]
+    carry = space.take("carry", (first, hs), gates).zero_()  # rows past a step's stay 0
+    work = space.take("work", (first, 5 * hs), gates)
+    buffers = (gates, cells, us, d_out, carry, work)
     key = tuple(v.data_ptr() for v in buffers) + tuple(batch.sizes)
     steps = space.views(f"backward{layer}", key, lambda: [
         _backward_views(t, buffers, batch) for t in range(len(batch.sizes) - 1, -1, -1)
     ])  # fmt: skip
-    for a, d, dh, tc, dc, dc3, x, da, da_ifg, m, da_o, o_gate, f, dh_prev in steps:
-        torch.mul(dh, o_gate, out=x)
-        dc.add_(tanh_back(x, tc, grad_input=x))
-        torch.mul(dc3, m, out=da_ifg)
-        torch.mul(dh, tc, out=da_o)
-        sig_back(da, a, grad_input=d)
+    mul, addcmul = torch.mul, torch.addcmul
+    sig_back = _aten.sigmoid_backward.grad_input
+    for dh, e, a, i, f, s, o, u, c_prev, x, da, da_i, da_f, da_g, da_o, dh_prev in steps:
+        e.addcmul_(sig_back(dh, u, grad_input=x), o, value=-2.0)
+        addcmul(e, e, s, value=-2.0, out=da_i)
+        mul(e, c_prev, out=da_f)
+        mul(e, i, out=da_g)
+        addcmul(dh, dh, u, value=-2.0, out=da_o)
         if dh_prev is not None:
-            dc.mul_(f)
-            dh_prev.addmm_(d, w_back)
-    return d_gates
+            e.mul_(f)
+        # the step's sigmoids are read for the last time: their gradients take their place
+        sig_back(da, a, grad_input=a)
+        if dh_prev is not None:
+            dh_prev.addmm_(a, w_back)
+    return gates
 
 
 def _backward_views(t: int, buffers: tuple[Tensor, ...], batch: PackedBatch) -> tuple:
     """The views :func:`lstm_backward`'s step ``t`` works on (made once per batch shape)."""
-    gates, factors, tanh_c, d_out, d_gates, d_cell, d_act, scratch = buffers
-    hs = tanh_c.shape[1]
+    gates, cells, us, d_out, carry, work = buffers
+    hs = us.shape[1]
     o, n = batch.offsets[t], batch.sizes[t]
-    a, da, dc = gates[o : o + n], d_act[:n], d_cell[:n]
-    p = batch.offsets[t - 1] if t > 0 else 0
+    a, e, w = gates[o : o + n], carry[:n], work[:n]
+    prev = batch.offsets[t - 1] if t > 0 else 0
     return (
-        a, d_gates[o : o + n], d_out[o : o + n], tanh_c[o : o + n], dc, dc.unsqueeze(1),
-        scratch[:n], da, da[:, : 3 * hs].view(n, 3, hs), factors[o : o + n], da[:, 3 * hs :],
-        a[:, 3 * hs :], a[:, hs : 2 * hs], d_out[p : p + n] if t > 0 else None,
+        d_out[o : o + n], e, a, a[:, :hs], a[:, hs : 2 * hs], a[:, 2 * hs : 3 * hs],
+        a[:, 3 * hs :], us[o : o + n], cells[o : o + n], w[:, 4 * hs :], w[:, : 4 * hs],
+        w[:, :hs], w[:, hs : 2 * hs], w[:, 2 * hs : 3 * hs], w[:, 3 * hs : 4 * hs],
+        d_out[prev : prev + n] if t > 0 else None,
     )  # fmt: skip
-
-
-class FlatParameters:
-    """Parameters made views of one flat leaf tensor :attr:`flat` (and their gradients views
-    of ``flat.grad``) between :meth:`attach` and :meth:`release`, in the order given."""
-
-    def __init__(self, params: list[nn.Parameter]) -> None:
-        first = params[0]
-        total = sum(p.numel() for p in params)
-        self.params = params
-        self.flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.values = self.shaped(self.flat.data)
-        self.grads = self.shaped(self.flat.grad)
-        self.is_attached = False
-
-    def shaped(self, buffer: Tensor) -> list[Tensor]:
-        """Views of ``buffer`` (laid out as :attr:`flat`) shaped as the parameters."""
-        views, o = [], 0
-        for p in self.params:
-            views.append(buffer[o : o + p.numel()].view_as(p))
-            o += p.numel()
-        return views
-
-    def joined(self, buffer: Tensor, first: int, count: int, shape: tuple[int, ...]) -> Tensor:
-        """The part of ``buffer`` (laid out as :attr:`flat`: ``flat.data``, ``flat.grad`` or
-        another) that holds ``count`` consecutive parameters from index ``first``, as one
-        tensor of ``shape`` (their elements, in order)."""
-        start = sum(p.numel() for p in self.params[:first])
-        m = sum(p.numel() for p in self.params[first : first + count])
-        return buffer[start : start + m].view(shape)
-
-    def attach(self) -> None:
-        """Copy the parameters into :attr:`flat` and make them views of it."""
-        with torch.no_grad():
-            for p, v in zip(self.params, self.values):
-                v.copy_(p)
-                p.data = v
-        self.is_attached = True
-
-    def release(self) -> None:
-        """Give each parameter its own storage (and no gradient) again, if attached."""
-        if not self.is_attached:
-            return
-        with torch.no_grad():
-            for p in self.params:
-                p.data = p.data.clone()
-                p.grad = None
-        self.is_attached = False
 
 
 def _one_thread() -> None:
@@ -426,8 +407,8 @@ class LSTMFastStep:
         saved = []
         for k in range(len(self.layers)):
             hx, wcat = self._layer_inputs(space, k, inp, batch), self._weights(space, k)
-            gates, factors, tanh_c, out = lstm_forward(hx, wcat, batch, space, k)
-            saved.append((hx, wcat, gates, factors, tanh_c))
+            state, out = lstm_forward(hx, wcat, batch, space, k)
+            saved.append((hx, wcat, state))
             inp = out
         d_out, loss = self._head(space, grads, inp, rows[:, width + 1 :], events)
         for k in range(len(self.layers) - 1, -1, -1):
@@ -449,15 +430,25 @@ class LSTMFastStep:
         return hx
 
     def _weights(self, space: Workspace, k: int) -> Tensor:
-        """Layer ``k``'s ``wcat`` (:func:`lstm_forward`) from the current weights."""
-        w_ih, w_hh, b_ih, b_hh = self.layers[k]
+        """Layer ``k``'s ``wcat`` (:func:`lstm_weights`) from the current weights."""
+        w_ih, w_hh, _, _ = self.layers[k]
         hs, width = w_hh.shape[1], w_ih.shape[1]
         wcat = space.take(f"wcat{k}", (hs + width + 1, 4 * hs), w_hh)
-        wcat[:hs].copy_(w_hh.t())
-        wcat[hs:-1].copy_(w_ih.t())
-        torch.add(b_ih, b_hh, out=wcat[-1])
-        wcat[:, 2 * hs : 3 * hs].mul_(2.0)
-        return wcat
+        return lstm_weights(*self.layers[k], out=wcat)
+
+    def _gate_factors(self, space: Workspace, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Per column of ``wcat``: the :data:`GRADIENT_SHORTFALL` ``(4H,)``, and the factor
+        ``(4H,)`` from the product of :func:`lstm_backward`'s gradients and the layer's inputs
+        to the gradient of ``[W_hh, W_ih, b]`` (the shortfall times :data:`COLUMN_SCALE`)."""
+        hs = self.model.hidden_size
+
+        def per_column(factors: tuple[float, ...]) -> Tensor:
+            return torch.tensor(factors, dtype=like.dtype, device=like.device).repeat_interleave(hs)
+
+        return space.views("gate factors", (like.dtype, like.device), lambda: [
+            per_column(GRADIENT_SHORTFALL),
+            per_column(tuple(a * b for a, b in zip(GRADIENT_SHORTFALL, COLUMN_SCALE))),
+        ])  # fmt: skip
 
     def _layer_backward(
         self,
@@ -472,18 +463,24 @@ class LSTMFastStep:
         from the gradient ``d_out`` of its outputs and its saved forward values; the gradient
         of its inputs (None for the first layer)."""
         gw_ih, gw_hh, gb_ih, gb_hh = grads
-        hx, wcat, gates, factors, tanh_c = saved
-        hs, n = tanh_c.shape[1], gates.shape[0]
-        d_gates = lstm_backward(gates, factors, tanh_c, d_out, wcat, batch, space, k)
+        hx, wcat, state = saved
+        hs, n = self.model.hidden_size, d_out.shape[0]
+        shortfall, to_weights = self._gate_factors(space, wcat)
+        w_back = space.take(f"w_back{k}", (4 * hs, hs), wcat)
+        torch.mul(wcat[:hs].t(), shortfall.unsqueeze(1), out=w_back)
+        d_gates = lstm_backward(state, d_out, w_back, batch, space, k)
         # (H + I + 1, 4H): [W_hh's; W_ih's; the biases'], transposed (MKL runs this
-        # orientation faster for these shapes); the g gate's with respect to its doubled weights
-        both = torch.mm(hx[:n].t(), d_gates)
-        both[:, 2 * hs : 3 * hs].mul_(2.0)
+        # orientation faster for these shapes)
+        both = space.take(f"both{k}", tuple(wcat.shape), wcat)
+        torch.mm(hx[:n].t(), d_gates, out=both).mul_(to_weights)
         gw_hh.copy_(both[:hs].t())
         gw_ih.copy_(both[hs:-1].t())
         gb_ih.copy_(both[-1])
         gb_hh.copy_(gb_ih)
-        return torch.mm(d_gates, wcat[hs:-1].t(), out=d_out) if k > 0 else None
+        if k == 0:
+            return None
+        w_in = torch.mul(wcat[hs:-1], shortfall, out=space.take(f"w_in{k}", (hs, 4 * hs), wcat))
+        return torch.mm(d_gates, w_in.t(), out=d_out)
 
     def _head(
         self, space: Workspace, grads: Gradients, h: Tensor, targets: Tensor, events: int
