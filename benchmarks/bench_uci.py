@@ -1,16 +1,16 @@
 """Test NLL on the standard UCI regression benchmark, beside published results.
 
 ``MDNRegressor()`` with its default settings (a deep ensemble of 5 MDNs trained together, each
-two tanh layers of 64 and 5 diagonal components; Adam with weight decay, batches and epochs
-sized from the number of rows, early stopping on a 10 % validation split of the training rows;
-nothing tuned per set) is trained on every split of the five UCI sets in the data folder (the
+two GELU layers of 64 and 10 diagonal components, each member validated on its own 10 % of the
+training rows; batches, steps and patience sized from the number of rows; nothing tuned per
+set) is trained on every split of the five UCI sets in the data folder (the
 90 % / 10 % splits of Gal & Ghahramani's experiments, 20 per set) and scored on the split's test
 rows: the mean negative log-likelihood per row in the target's original units, as the papers
 score it.  Reported per set: mean ± standard error over the splits, the wall time of the set
 (every split's fit and scoring), and the published figures of the methods people compare with
 (see ``PUBLISHED`` and docs/benchmarks-uci.md for the sources).
 
-    python benchmarks/bench_uci.py                 # all sets, all splits (a few minutes)
+    python benchmarks/bench_uci.py                 # all sets, all splits (about 7 minutes)
     python benchmarks/bench_uci.py --splits 3 --sets yacht,energy
     python benchmarks/bench_uci.py --also n_estimators=1 --also num_components=auto
     python benchmarks/bench_uci.py --json uci.json  # also write every split's figures

@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
     "seq-training": ("bench_seq_training.py", [], ["--rounds", "1", "--seconds", "3"], {}),
     "cli-io": ("bench_cli_io.py", [], ["--rows", "200000"], {}),
     "uci": ("bench_uci.py", [], ["--splits", "2", "--sets", "yacht,energy"], {}),
+    "sine": ("bench_sine.py", [], ["--seeds", "0"], {}),
 }
 
 
