@@ -278,16 +278,22 @@ def test_an_ensemble_file_with_a_nan_weight_is_refused(capsys, sine_csv, tmp_pat
 @pytest.mark.slow  # two processes under torchrun: about 30 s on 2 cores
 def test_data_parallel_components_auto(sine_csv, tmp_path):
     """Under torchrun the candidates of --components auto share one process group (a second
-    join of the rendezvous would not return); rank 0 writes the ensemble."""
+    join of the rendezvous would not return); rank 0 writes the ensemble and alone prints the
+    discrete-target warning (an integer target)."""
     import subprocess
     import sys
 
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, 400)
+    data = tmp_path / "counts.csv"
+    data.write_text("x,y\n" + "".join(f"{a},{round(2 * a + rng.normal())}\n" for a in x))
     out = tmp_path / "dp.mdn"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "mdnkit", "fit", sine_csv, "--x", "x", "--y", "y", "--ensemble", 2,
+           "2", "-m", "mdnkit", "fit", data, "--x", "x", "--y", "y", "--ensemble", 2,
            "--hidden", 8, "--components", "auto", "--epochs", 2, "-o", out]  # fmt: skip
     run = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.count("the target looks discrete") == 1, run.stderr[-2000:]
     from mdnkit.estimator import AUTO_COMPONENTS
 
     assert isinstance(load(out), MDNEnsemble)

@@ -1845,6 +1845,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _library_defaults(args)
         code = _run_holding_warnings(args, held)
+        if held:  # data-parallel: rank 0 reports, as it writes
+            from .distributed import is_main_process
+
+            if not is_main_process():
+                held.clear()
         seen = set()
         for w in held:
             line = f"{PROG} {args.command}: warning: {_one_line(str(w.message))}"
