@@ -85,6 +85,18 @@ def _time(fn, repeats: int, inner: int) -> list[float]:
     return out
 
 
+def _add_loss(report: Report, what: str, times: dict, ratios: list, target: str | None) -> None:
+    """The two figures of one loss measurement: mdnkit's time and its speed-up."""
+    report.add(f"{what}: mdnkit", [t * 1e3 for t in times["ours"]], "ms", better="lower")
+    report.add(
+        f"{what}: speed-up",
+        ratios,
+        "x",
+        competitor=f"MixtureSameFamily {statistics.median(times['torch']) * 1e3:.3f} ms",
+        target=target,
+    )
+
+
 def _paired(fns: dict, repeats: int, inner: int) -> tuple[dict[str, list[float]], list[float]]:
     """Time two functions in alternation (order swapped every round).
 
@@ -138,16 +150,7 @@ def bench_loss(report: Report, quick: bool) -> None:
                 )
                 kind = "full" if full else "diagonal"
                 what = f"loss fwd+bwd, {kind}, N={n}, K={k}, D={d}, {threads} thread(s)"
-                report.add(
-                    f"{what}: mdnkit", [t * 1e3 for t in times["ours"]], "ms", better="lower"
-                )
-                report.add(
-                    f"{what}: speed-up",
-                    ratios,
-                    "x",
-                    competitor=f"MixtureSameFamily {statistics.median(times['torch']) * 1e3:.3f} ms",
-                    target=">= 3x" if kind == "diagonal" else None,
-                )
+                _add_loss(report, what, times, ratios, ">= 3x" if kind == "diagonal" else None)
                 if full or threads != 1:
                     continue
                 # The way a user writes it: both distributions built with torch's default
@@ -160,16 +163,7 @@ def bench_loss(report: Report, quick: bool) -> None:
                     repeats,
                     inner,
                 )
-                what = f"{what}, built with default validation"
-                report.add(
-                    f"{what}: mdnkit", [t * 1e3 for t in times["ours"]], "ms", better="lower"
-                )
-                report.add(
-                    f"{what}: speed-up",
-                    ratios,
-                    "x",
-                    competitor=f"MixtureSameFamily {statistics.median(times['torch']) * 1e3:.3f} ms",
-                )
+                _add_loss(report, f"{what}, built with default validation", times, ratios, None)
         finally:
             torch.set_num_threads(default_threads)
 

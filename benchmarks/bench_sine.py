@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_uci import _label, _settings  # noqa: E402
+from bench_uci import _label, add_also_argument  # noqa: E402
 from report import Report, add_json_argument  # noqa: E402
 
 
@@ -71,14 +71,7 @@ def run(seed: int, settings: dict) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=_seeds, default=_seeds("0-4"), help="e.g. 0-4 or 0,3,7")
-    ap.add_argument(
-        "--also",
-        type=_settings,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE[,...]",
-        help="also run MDNRegressor with these settings (repeatable), e.g. n_estimators=1",
-    )
+    add_also_argument(ap)
     add_json_argument(ap)
     args = ap.parse_args(argv)
 

@@ -175,6 +175,18 @@ def _settings(text: str) -> dict:
     return out
 
 
+def add_also_argument(ap: argparse.ArgumentParser) -> None:
+    """``--also KEY=VALUE[,...]``: another MDNRegressor setting run beside the defaults."""
+    ap.add_argument(
+        "--also",
+        type=_settings,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,...]",
+        help="also run MDNRegressor with these settings (repeatable), e.g. n_estimators=1",
+    )
+
+
 def _label(settings: dict) -> str:
     return (
         "mdnkit " + ", ".join(f"{k}={v}" for k, v in settings.items())
@@ -216,14 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--splits", type=int, default=None, help="first N splits of each set (default: all)"
     )
-    ap.add_argument(
-        "--also",
-        type=_settings,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE[,...]",
-        help="also run MDNRegressor with these settings (repeatable), e.g. n_estimators=1",
-    )
+    add_also_argument(ap)
     ap.add_argument(
         "--jobs",
         type=int,
