@@ -351,13 +351,13 @@ class DiagonalMixtureLogProb(torch.autograd.Function):
         d_y = None
         if ctx.needs_input_grad[3]:
             d_y = from_component_major(-rzi.sum(0, keepdim=True), batch, y_shape)
+        # one gradient at a time to the row-major layout, each component-major one let go as
+        # soon as it is copied: the peak holds one of them twice, not all three
         d_logits = from_component_major(d_logits.unsqueeze(1), batch, l_shape + (1,))
-        return (
-            d_logits.reshape(l_shape),
-            from_component_major(rzi, batch, m_shape),
-            from_component_major(d_scale, batch, s_shape),
-            d_y,
-        )
+        d_loc = from_component_major(rzi, batch, m_shape)
+        del rzi
+        d_scale = from_component_major(d_scale, batch, s_shape)
+        return d_logits.reshape(l_shape), d_loc, d_scale, d_y
 
 
 _TRIANGLES: dict[tuple, Tensor] = {}
