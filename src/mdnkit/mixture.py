@@ -271,6 +271,21 @@ def _squared_norm(diff: Tensor, tril: Tensor, inv_diag: Tensor, clamp: bool) -> 
     return sq
 
 
+def event_values(value: Tensor, d: int, like: Tensor) -> Tensor:
+    """``value`` as a tensor of ``like``'s dtype and device whose last dimension is the event's
+    ``d``: the values a mixture's densities take (ValueError naming the shape otherwise)."""
+    if not isinstance(value, Tensor):
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.dim() < 1 or value.shape[-1] != d:
+        raise ValueError(
+            f"expected values with the event shape (..., {d}) as last dimension, "
+            f"found shape {tuple(value.shape)}"
+        )
+    if value.dtype != like.dtype:
+        value = value.to(like.dtype)
+    return value
+
+
 class GaussianMixture(Distribution):
     r"""A batch of finite Gaussian mixtures over :math:`\mathbb{R}^D`.
 
@@ -467,16 +482,7 @@ class GaussianMixture(Distribution):
 
     # ------------------------------------------------------------------ densities
     def _check_value(self, value: Tensor) -> Tensor:
-        if not isinstance(value, Tensor):
-            value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
-        if value.dim() < 1 or value.shape[-1] != self._d:
-            raise ValueError(
-                f"expected values with the event shape (..., {self._d}) as last dimension, "
-                f"found shape {tuple(value.shape)}"
-            )
-        if value.dtype != self.loc.dtype:
-            value = value.to(self.loc.dtype)
-        return value
+        return event_values(value, self._d, self.loc)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         r""":math:`\log \mathcal{N}(y \mid \mu_k, \Sigma_k)` for every component, ``(..., K)``."""

@@ -36,6 +36,7 @@ from .mixture import (
     GaussianMixture,
     check_temperature,
     check_values,
+    event_values,
     log_softmax,
     promote,
     tempered_logits,
@@ -201,16 +202,7 @@ class PerDimensionMixture(Distribution):
 
     # ------------------------------------------------------------------ densities
     def _check_value(self, value: Tensor) -> Tensor:
-        if not isinstance(value, Tensor):
-            value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
-        if value.dim() < 1 or value.shape[-1] != self._d:
-            raise ValueError(
-                f"expected values with the event shape (..., {self._d}) as last dimension, "
-                f"found shape {tuple(value.shape)}"
-            )
-        if value.dtype != self.loc.dtype:
-            value = value.to(self.loc.dtype)
-        return value
+        return event_values(value, self._d, self.loc)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         r""":math:`\log\mathcal{N}(y_d \mid \mu_{dk}, \sigma_{dk}^2)` for every d and k, ``(..., D, K)``."""
