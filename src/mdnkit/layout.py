@@ -103,6 +103,10 @@ TRANSFORMS: dict[str, _Transform] = {
 assert tuple(TRANSFORMS) == get_args(ScaleTransform)
 
 
+#: the smallest normal number of each NumPy float dtype seen (``np.finfo`` is a call each time)
+_NP_TINY: dict[np.dtype, float] = {}
+
+
 @dataclass(frozen=True)
 class ScaleMap:
     r"""A scale transform with its floor: raw network output :math:`a` ↔ scale :math:`\sigma`.
@@ -144,8 +148,10 @@ class ScaleMap:
     def numpy(self, raw: np.ndarray) -> np.ndarray:
         """:meth:`forward` on a NumPy array (same dtype)."""
         out = TRANSFORMS[self.name].numpy(raw)
-        out += np.asarray(self.floor, dtype=out.dtype)
-        tiny = np.finfo(out.dtype).tiny
+        out += self.floor  # (in place: the array's dtype)
+        tiny = _NP_TINY.get(out.dtype)
+        if tiny is None:
+            tiny = _NP_TINY[out.dtype] = float(np.finfo(out.dtype).tiny)
         return out if self.floor >= tiny else np.maximum(out, tiny, out=out)
 
 
