@@ -38,6 +38,7 @@ import torch
 from report import Report, add_json_argument
 from torch import distributions as td
 
+from mdnkit.head import MDNHead
 from mdnkit.loss import mdn_loss
 from mdnkit.mixture import GaussianMixture
 
@@ -166,6 +167,46 @@ def bench_loss(report: Report, quick: bool) -> None:
                 _add_loss(report, f"{what}, built with default validation", times, ratios, None)
         finally:
             torch.set_num_threads(default_threads)
+    _bench_head_loss(report, n, k, d, repeats, inner)
+
+
+def _bench_head_loss(report: Report, n: int, k: int, d: int, repeats: int, inner: int) -> None:
+    """The loss as a training loop computes it from a network's features ``h`` ``(N, 64)``:
+    ``mdn_loss(MDNHead(h), y)`` against the same linear layer, split, softplus scales with the
+    same floor and ``MixtureSameFamily`` (argument validation off: its fastest), forward and
+    backward to ``h`` and the layer's weights, one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        head = MDNHead(64, d, k)
+        h = torch.randn(n, 64, generator=g).requires_grad_()
+        y = torch.randn(n, d, generator=g)
+        lay = head.layout
+
+        def theirs():
+            loc, raw, logits = lay.split(head.proj(h))
+            scale = torch.nn.functional.softplus(raw) + lay.min_scale
+            comp = td.Independent(td.Normal(loc, scale, validate_args=False), 1)
+            cat = td.Categorical(logits=logits, validate_args=False)
+            return -td.MixtureSameFamily(cat, comp, validate_args=False).log_prob(y).mean()
+
+        def step(loss_fn):
+            h.grad = None
+            head.zero_grad(set_to_none=True)
+            loss_fn().backward()
+
+        a, b = mdn_loss(head(h), y).item(), theirs().item()
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+        times, ratios = _paired(
+            {"ours": lambda: step(lambda: mdn_loss(head(h), y)), "torch": lambda: step(theirs)},
+            repeats,
+            inner,
+        )
+        what = f"head + loss fwd+bwd, diagonal, features 64, N={n}, K={k}, D={d}, 1 thread(s)"
+        _add_loss(report, what, times, ratios, None)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _keras_sampler():
