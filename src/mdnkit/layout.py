@@ -103,8 +103,9 @@ TRANSFORMS: dict[str, _Transform] = {
 assert tuple(TRANSFORMS) == get_args(ScaleTransform)
 
 
-#: the smallest normal number of each NumPy float dtype seen (``np.finfo`` is a call each time)
-_NP_TINY: dict[np.dtype, float] = {}
+#: the largest of the smallest normal numbers of NumPy's float dtypes (float16's): a scale floor
+#: at least this large keeps every scale normal in any of them, with no clamp and no lookup
+_NP_TINY_MAX = float(np.finfo(np.float16).tiny)
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,9 @@ class ScaleMap:
         """:meth:`forward` on a NumPy array (same dtype)."""
         out = TRANSFORMS[self.name].numpy(raw)
         out += self.floor  # (in place: the array's dtype)
-        tiny = _NP_TINY.get(out.dtype)
-        if tiny is None:
-            tiny = _NP_TINY[out.dtype] = float(np.finfo(out.dtype).tiny)
-        return out if self.floor >= tiny else np.maximum(out, tiny, out=out)
+        if self.floor >= _NP_TINY_MAX:
+            return out
+        return np.maximum(out, np.finfo(out.dtype).tiny, out=out)
 
 
 @dataclass(frozen=True)
