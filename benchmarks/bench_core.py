@@ -21,11 +21,23 @@ timings taken back to back in the same process, so that load from other processe
    ``/proc/self/clear_refs``) just before the loss, with the inputs allocated and a small warm-up
    done, and the figure is the peak (``VmHWM``) after ``backward()`` minus the resident set size
    before it: the extra memory the loss and its gradients need.
+4. The loss as a training loop computes it: ``mdn_loss(MDNHead(64, 2, 10)(h), y)`` forward and
+   backward to the features and the head's weights, against the same ``nn.Linear``, split,
+   softplus scales and ``MixtureSameFamily``, one thread.
+
+``--baseline SRC`` (a folder holding ``mdnkit/``, an older checkout's ``src``) also times
+mdnkit's side of the diagonal loss, the head + loss and the prebuilt sampling with this source
+and with ``SRC``, one process of each a round, alternating, and reports the speed-up round by
+round::
+
+    python benchmarks/bench_core.py --only loss --baseline /tmp/before/src --rounds 9
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -73,6 +85,17 @@ def _torch_loss(logits, loc, s, y, full, validate=False):
     else:
         comp = td.Independent(td.Normal(loc, s, validate_args=validate), 1, validate_args=validate)
     return -td.MixtureSameFamily(cat, comp, validate_args=validate).log_prob(y).mean()
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Torch at ``n`` threads inside, its previous count restored on leaving."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _time(fn, repeats: int, inner: int) -> list[float]:
@@ -124,10 +147,8 @@ def _paired(fns: dict, repeats: int, inner: int) -> tuple[dict[str, list[float]]
 def bench_loss(report: Report, quick: bool) -> None:
     n, k, d = 4096, 10, 2
     repeats, inner = (20, 1) if quick else (300, 1)
-    default_threads = torch.get_num_threads()
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        try:
+    for threads in sorted({1, torch.get_num_threads()}):
+        with _threads(threads):
             for full in (False, True):
                 leaves = _leaves(n, k, d, full)
                 params = leaves[:3]
@@ -165,8 +186,6 @@ def bench_loss(report: Report, quick: bool) -> None:
                     inner,
                 )
                 _add_loss(report, f"{what}, built with default validation", times, ratios, None)
-        finally:
-            torch.set_num_threads(default_threads)
     _bench_head_loss(report, n, k, d, repeats, inner)
 
 
@@ -175,38 +194,46 @@ def _bench_head_loss(report: Report, n: int, k: int, d: int, repeats: int, inner
     ``mdn_loss(MDNHead(h), y)`` against the same linear layer, split, softplus scales with the
     same floor and ``MixtureSameFamily`` (argument validation off: its fastest), forward and
     backward to ``h`` and the layer's weights, one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        g = torch.Generator().manual_seed(0)
-        head = MDNHead(64, d, k)
-        h = torch.randn(n, 64, generator=g).requires_grad_()
-        y = torch.randn(n, d, generator=g)
-        lay = head.layout
+    head, h, y = _head_inputs(n, k, d)
+    lay = head.layout
 
-        def theirs():
-            loc, raw, logits = lay.split(head.proj(h))
-            scale = torch.nn.functional.softplus(raw) + lay.min_scale
-            comp = td.Independent(td.Normal(loc, scale, validate_args=False), 1)
-            cat = td.Categorical(logits=logits, validate_args=False)
-            return -td.MixtureSameFamily(cat, comp, validate_args=False).log_prob(y).mean()
+    def theirs():
+        loc, raw, logits = lay.split(head.proj(h))
+        scale = torch.nn.functional.softplus(raw) + lay.min_scale
+        comp = td.Independent(td.Normal(loc, scale, validate_args=False), 1)
+        cat = td.Categorical(logits=logits, validate_args=False)
+        return -td.MixtureSameFamily(cat, comp, validate_args=False).log_prob(y).mean()
 
-        def step(loss_fn):
-            h.grad = None
-            head.zero_grad(set_to_none=True)
-            loss_fn().backward()
-
+    with _threads(1):
         a, b = mdn_loss(head(h), y).item(), theirs().item()
         assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
         times, ratios = _paired(
-            {"ours": lambda: step(lambda: mdn_loss(head(h), y)), "torch": lambda: step(theirs)},
+            {"ours": _head_step(head, h, y), "torch": _head_step(head, h, y, theirs)},
             repeats,
             inner,
         )
-        what = f"head + loss fwd+bwd, diagonal, features 64, N={n}, K={k}, D={d}, 1 thread(s)"
-        _add_loss(report, what, times, ratios, None)
-    finally:
-        torch.set_num_threads(threads)
+    what = f"head + loss fwd+bwd, diagonal, features 64, N={n}, K={k}, D={d}, 1 thread(s)"
+    _add_loss(report, what, times, ratios, None)
+
+
+def _head_inputs(n: int, k: int, d: int):
+    """An ``MDNHead(64, d, k)``, features ``h`` ``(n, 64)`` (requiring a gradient), targets."""
+    g = torch.Generator().manual_seed(0)
+    head = MDNHead(64, d, k)
+    return head, torch.randn(n, 64, generator=g).requires_grad_(), torch.randn(n, d, generator=g)
+
+
+def _head_step(head, h, y, loss_fn=None):
+    """One training step's loss work: ``loss_fn()`` (mdnkit's by default) forward and backward
+    to ``h`` and the head's weights, from cleared gradients."""
+    loss_fn = loss_fn or (lambda: mdn_loss(head(h), y))
+
+    def step():
+        h.grad = None
+        head.zero_grad(set_to_none=True)
+        loss_fn().backward()
+
+    return step
 
 
 def _keras_sampler():
@@ -297,13 +324,9 @@ def _bench_sampling_keras(report: Report, k: int, quick: bool) -> None:
 
 
 def bench_sampling(report: Report, quick: bool) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _threads(1):
         _bench_sampling_torch(report, 20_000 if quick else 200_000, 10, 3 if quick else 15)
         _bench_sampling_keras(report, 10, quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 _MEMORY_CHILD = r"""
@@ -360,6 +383,60 @@ def bench_memory(report: Report, quick: bool) -> None:
     report.add(f"{what}: MixtureSameFamily", [v / mib for v in out["torch"]], "MiB", better="lower")
 
 
+def _ours_cases() -> dict:
+    """mdnkit's side of the loss, head and sampling benchmarks, each a call to time: what
+    ``--baseline`` compares between two sources."""
+    loss_leaves = _leaves(4096, 10, 2, False)
+    logits, loc, scale = _sampling_leaves(200_000, 10)
+    prebuilt = GaussianMixture(logits, loc, scale)
+
+    def loss():
+        for t in loss_leaves[:3]:
+            t.grad = None
+        _ours_loss(*loss_leaves, False).backward()
+
+    return {
+        "loss fwd+bwd, diagonal, N=4096, K=10, D=2": loss,
+        "head + loss fwd+bwd, diagonal, features 64, N=4096, K=10, D=2": _head_step(
+            *_head_inputs(4096, 10, 2)
+        ),
+        "sample 1-D, K=10, 200000 rows, prebuilt": lambda: prebuilt.sample(generator=1),
+    }
+
+
+def _worker_ours(repeats: int) -> None:
+    """Print the median seconds per call of each of :func:`_ours_cases` (one thread)."""
+    with _threads(1):
+        cases = _ours_cases()
+        for fn in cases.values():
+            fn()
+        out = {name: statistics.median(_time(fn, repeats, 5)) for name, fn in cases.items()}
+    print(json.dumps(out))
+
+
+def bench_baseline(report: Report, source: str, rounds: int) -> None:
+    """:func:`_ours_cases` with this mdnkit and with the one in ``source`` (a folder holding
+    ``mdnkit/``), each round one process of each, their order swapped every round; the speed-up
+    of this source round by round."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker-ours", "7"]
+    env = dict(os.environ)
+    there_env = {**env, "PYTHONPATH": os.pathsep.join([source, env.get("PYTHONPATH", "")])}
+    here: list[dict] = []
+    there: list[dict] = []
+    for r in range(rounds):
+        order = [(env, here), (there_env, there)]
+        for e, out in order if r % 2 == 0 else order[::-1]:
+            res = subprocess.run(cmd, env=e, capture_output=True, text=True, check=True)
+            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for name in here[0]:
+        report.add(
+            f"{name}, 1 thread: mdnkit speed-up over the baseline source, round by round",
+            [b[name] / a[name] for a, b in zip(here, there)],
+            "x",
+            competitor=f"mdnkit from {source}",
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmarks, print a markdown table, and write ``--json`` when asked."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -369,8 +446,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--only", choices=("loss", "sampling", "memory"), default=None, help="run one benchmark"
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="SRC",
+        help="also time mdnkit's loss, head and sampling against mdnkit from this source folder",
+    )
+    p.add_argument("--rounds", type=int, default=9, help="rounds of --baseline (default 9)")
+    p.add_argument("--worker-ours", type=int, default=None, help=argparse.SUPPRESS)
     add_json_argument(p)
     args = p.parse_args(argv)
+    if args.worker_ours:
+        _worker_ours(args.worker_ours)
+        return {}
     torch.manual_seed(0)
     report = Report("bench_core" + (" (quick)" if args.quick else ""), __doc__)
     print(f"{torch.get_num_threads()} torch threads by default, {os.cpu_count()} CPUs")
@@ -380,6 +468,8 @@ def main(argv: list[str] | None = None) -> dict:
         bench_sampling(report, args.quick)
     if args.only in (None, "memory"):
         bench_memory(report, args.quick)
+    if args.baseline:
+        bench_baseline(report, args.baseline, 3 if args.quick else args.rounds)
     return report.finish(args.json)
 
 
